@@ -1,0 +1,204 @@
+/*
+ * attn4j.h - the one public C header of attn4j: fused attention kernels (paged decode, ragged
+ * prefill, state merging) for CPU and CUDA. Input to jextract; plain C, fixed-width types only.
+ *
+ * Conventions
+ *  - Every symbol starts with attn4j_ / ATTN4J_.
+ *  - Functions return attn4j_status (ATTN4J_OK == 0); results go through out-pointers. The few
+ *    exceptions (version and info strings) are marked below. After a failure,
+ *    attn4j_last_error() returns a message for the calling thread that names the offending
+ *    argument. No C++ exception, abort or assert crosses this boundary on bad input.
+ *  - Parameter structs start with `uint32_t struct_size`; callers set it to sizeof(struct) so the
+ *    structs can grow without breaking older callers.
+ *  - Tensors cross as attn4j_tensor descriptors: shape and strides counted in elements. Every
+ *    kernel here requires the last dimension to be contiguous (stride 1); other strides may be any
+ *    positive value (e.g. q sliced out of a fused QKV buffer).
+ *  - Log-sum-exp (LSE) values are natural logarithms of sum_j exp(sm_scale * q . k_j), F32.
+ *  - Handles (contexts, plans) are not thread-safe: use one from one thread at a time. Plans
+ *    keep their context alive, so destroy order does not matter. Destroy functions accept NULL.
+ */
+#ifndef ATTN4J_H
+#define ATTN4J_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Bumped on every incompatible change of a struct layout or function signature. */
+#define ATTN4J_ABI_VERSION 1
+
+/* ---- status ---------------------------------------------------------------------------- */
+typedef int32_t attn4j_status;
+#define ATTN4J_OK 0
+#define ATTN4J_ERR_INVALID_ARGUMENT 1 /* wrong shape, dtype, stride, pointer, page id, NaN input */
+#define ATTN4J_ERR_UNSUPPORTED 2      /* valid but not implemented (e.g. head_dim 80 on CUDA) */
+#define ATTN4J_ERR_OUT_OF_MEMORY 3
+#define ATTN4J_ERR_DEVICE 4           /* no device, driver error, kernel failure */
+#define ATTN4J_ERR_INTERNAL 5         /* a bug in attn4j: please report */
+
+/* ---- dtypes and devices ------------------------------------------------------------------ */
+typedef int32_t attn4j_dtype;
+#define ATTN4J_DTYPE_F32 1
+#define ATTN4J_DTYPE_F16 2
+#define ATTN4J_DTYPE_BF16 3
+#define ATTN4J_DTYPE_I32 4
+/* 16 and up are reserved for the quantized KV formats (INT8 / INT4 / INT2). */
+
+typedef int32_t attn4j_device_type;
+#define ATTN4J_DEVICE_CPU 1
+#define ATTN4J_DEVICE_CUDA 2
+
+#define ATTN4J_MAX_RANK 4
+
+/* A strided view of memory. size_bytes is how many bytes from `data` the caller vouches for;
+ * kernels check that every element the shape and strides reach lies inside it. */
+typedef struct attn4j_tensor {
+    void* data;
+    int64_t size_bytes;
+    attn4j_dtype dtype;
+    attn4j_device_type device_type;
+    int32_t device_id;
+    int32_t rank;
+    int64_t shape[ATTN4J_MAX_RANK];
+    int64_t strides[ATTN4J_MAX_RANK]; /* in elements */
+} attn4j_tensor;
+
+/* ---- library ----------------------------------------------------------------------------- */
+/* Returns ATTN4J_ABI_VERSION of the built library (not a status). */
+uint32_t attn4j_abi_version(void);
+/* Static description, one "key=value" per line: version, compiler, ISA paths compiled in,
+ * oneDNN version, CUDA version and SM list (not a status). */
+const char* attn4j_build_info(void);
+/* CPU features detected at run time and the decode path chosen, e.g.
+ * "isa=avx512 features=avx2,fma,f16c,avx512f,avx512bw,avx512_bf16,amx_bf16" (not a status). */
+const char* attn4j_cpu_info(void);
+/* Message of the last failure on the calling thread, "" if none (not a status). */
+const char* attn4j_last_error(void);
+/* Name of a status code, e.g. "ATTN4J_ERR_INVALID_ARGUMENT" (not a status). */
+const char* attn4j_status_name(attn4j_status status);
+/* sizeof a public struct by its name ("attn4j_tensor", ...), 0 if unknown: lets bindings check
+ * their layouts against the loaded library (not a status). */
+uint64_t attn4j_struct_size(const char* name);
+/* Number of devices of a type: 1 for CPU; CUDA devices visible (0 without driver or GPU, or in
+ * a build without CUDA). */
+attn4j_status attn4j_device_count(attn4j_device_type device_type, int32_t* out_count);
+
+/* ---- context ----------------------------------------------------------------------------- */
+typedef struct attn4j_context attn4j_context;
+
+typedef struct attn4j_context_options {
+    uint32_t struct_size;
+    attn4j_device_type device_type;
+    int32_t device_id;
+    int32_t num_threads; /* CPU worker threads; 0 = one per available core */
+} attn4j_context_options;
+
+attn4j_status attn4j_context_create(const attn4j_context_options* options, attn4j_context** out_ctx);
+attn4j_status attn4j_context_destroy(attn4j_context* ctx);
+
+/* ---- paged KV cache ---------------------------------------------------------------------- */
+/* One layer's pages. Layout (FlashInfer's HND): k_data and v_data each hold
+ * [num_pages][num_kv_heads][page_size][head_dim] elements of `dtype`, contiguous. */
+typedef struct attn4j_paged_kv {
+    uint32_t struct_size;
+    attn4j_dtype dtype;
+    int32_t num_kv_heads;
+    int32_t head_dim;
+    int32_t page_size;
+    int32_t num_pages;
+    attn4j_device_type device_type;
+    int32_t device_id;
+    void* k_data;
+    void* v_data;
+    int64_t k_size_bytes;
+    int64_t v_size_bytes;
+} attn4j_paged_kv;
+
+/* Page table of a batch in CSR form (all I32, on the cache's device):
+ * sequence i owns pages indices[indptr[i] .. indptr[i+1]), all full except the last, which holds
+ * last_page_len[i] tokens (1..page_size). Length of sequence i:
+ * (indptr[i+1] - indptr[i] - 1) * page_size + last_page_len[i]. Empty sequences are rejected. */
+typedef struct attn4j_page_table {
+    uint32_t struct_size;
+    attn4j_tensor indptr;        /* [batch + 1], indptr[0] == 0, non-decreasing */
+    attn4j_tensor indices;       /* [>= indptr[batch]], each in [0, num_pages) */
+    attn4j_tensor last_page_len; /* [batch] */
+} attn4j_page_table;
+
+/* Writes new tokens into the cache, converting to the cache dtype (quantize-on-write for the
+ * quantized formats). k, v: [nnz_new, num_kv_heads, head_dim]; the tokens
+ * append_indptr[i] .. append_indptr[i+1] (I32 [batch + 1]) become the LAST positions of sequence
+ * i as described by `table`, which must already include them. Non-finite values are rejected
+ * before anything is written. */
+attn4j_status attn4j_paged_kv_append(attn4j_context* ctx, const attn4j_paged_kv* cache,
+                                     const attn4j_page_table* table,
+                                     const attn4j_tensor* append_indptr, const attn4j_tensor* k,
+                                     const attn4j_tensor* v);
+
+/* ---- attention plans --------------------------------------------------------------------- */
+typedef struct attn4j_plan attn4j_plan;
+
+typedef struct attn4j_attention_desc {
+    uint32_t struct_size;
+    int32_t num_qo_heads;   /* multiple of num_kv_heads (GQA / MQA) */
+    int32_t num_kv_heads;
+    int32_t head_dim;       /* CPU: any multiple of 16 up to 256; tuned for 64 and 128 */
+    attn4j_dtype q_dtype;   /* F32, F16, BF16 */
+    attn4j_dtype kv_dtype;  /* F32, F16, BF16 */
+    attn4j_dtype out_dtype; /* F32, F16, BF16 */
+    int32_t causal;         /* prefill: 1 = causal mask aligned bottom-right (query i of n_q sees
+                               keys 0 .. i + n_kv - n_q); decode ignores it */
+    float sm_scale;         /* > 0, finite; usually 1 / sqrt(head_dim) */
+    int32_t page_size;      /* paged KV: tokens per page; 0 for a plan used on contiguous K/V only */
+    int32_t max_batch_size; /* sizes the plan's workspace; runs with larger batches are rejected */
+} attn4j_attention_desc;
+
+/* Decode: one query token per sequence against its paged KV. Sizes workspace once, so runs
+ * allocate nothing. */
+attn4j_status attn4j_decode_plan_create(attn4j_context* ctx, const attn4j_attention_desc* desc,
+                                        attn4j_plan** out_plan);
+/* q, out: [batch, num_qo_heads, head_dim]; lse: NULL or F32 [batch, num_qo_heads]. */
+attn4j_status attn4j_decode_run(attn4j_plan* plan, const attn4j_tensor* q,
+                                const attn4j_paged_kv* cache, const attn4j_page_table* table,
+                                attn4j_tensor* out, attn4j_tensor* lse);
+
+/* Prefill: a ragged batch of queries against K/V of the same sequences. */
+attn4j_status attn4j_prefill_plan_create(attn4j_context* ctx, const attn4j_attention_desc* desc,
+                                         attn4j_plan** out_plan);
+/* q, out: [nnz_q, num_qo_heads, head_dim] with sequence i at rows qo_indptr[i] .. qo_indptr[i+1];
+ * k, v: [nnz_kv, num_kv_heads, head_dim] with rows kv_indptr[i] .. kv_indptr[i+1] (I32 [batch+1]).
+ * Causal plans need n_kv >= n_q for every sequence. lse: NULL or F32 [nnz_q, num_qo_heads]. */
+attn4j_status attn4j_prefill_run(attn4j_plan* plan, const attn4j_tensor* q,
+                                 const attn4j_tensor* qo_indptr, const attn4j_tensor* k,
+                                 const attn4j_tensor* v, const attn4j_tensor* kv_indptr,
+                                 attn4j_tensor* out, attn4j_tensor* lse);
+/* Prefill against a paged cache (chunked prefill): K/V of sequence i are its pages in `table`. */
+attn4j_status attn4j_prefill_paged_run(attn4j_plan* plan, const attn4j_tensor* q,
+                                       const attn4j_tensor* qo_indptr,
+                                       const attn4j_paged_kv* cache,
+                                       const attn4j_page_table* table, attn4j_tensor* out,
+                                       attn4j_tensor* lse);
+
+attn4j_status attn4j_plan_destroy(attn4j_plan* plan);
+
+/* ---- merging partial states --------------------------------------------------------------- */
+/* Combines attention computed over disjoint KV parts: v [n, num_states, num_heads, head_dim]
+ * (F32/F16/BF16), s [n, num_states, num_heads] (F32 LSE; -inf marks an empty part) ->
+ * v_out [n, num_heads, head_dim], s_out NULL or [n, num_heads]. */
+attn4j_status attn4j_merge_states(attn4j_context* ctx, const attn4j_tensor* v,
+                                  const attn4j_tensor* s, attn4j_tensor* v_out,
+                                  attn4j_tensor* s_out);
+
+/* ---- diagnostics ------------------------------------------------------------------------- */
+/* STREAM-like read bandwidth of this context's threads over a buffer of `bytes`, best of
+ * `repeats` passes, in GB/s (1e9 bytes): the roofline the decode benchmark is judged against. */
+attn4j_status attn4j_measure_read_bandwidth(attn4j_context* ctx, int64_t bytes, int32_t repeats,
+                                            double* out_gb_per_s);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* ATTN4J_H */
