@@ -1,0 +1,67 @@
+package org.attn4j;
+
+import java.lang.foreign.MemorySegment;
+
+import org.attn4j.bindings.Attn4jNative;
+import org.attn4j.bindings.attn4j_tensor;
+import org.attn4j.internal.Native;
+
+/**
+ * Paged decode: one new query token per sequence against the sequence's pages.
+ * {@code q} and {@code out} are [batch, qoHeads, headDim]; the optional {@code lse} is F32
+ * [batch, qoHeads] and receives natural-log log-sum-exp values (for {@link Attention#mergeStates}).
+ * A run allocates nothing on the Java heap.
+ */
+public final class DecodePlan extends Plan {
+    private final MemorySegment qDesc;
+    private final MemorySegment outDesc;
+    private final MemorySegment lseDesc;
+
+    DecodePlan(Builder b) {
+        super(b.lib, b.config(false, true), Attn4jNative::attn4j_decode_plan_create, "decode plan");
+        qDesc = attn4j_tensor.allocate(arena);
+        outDesc = attn4j_tensor.allocate(arena);
+        lseDesc = attn4j_tensor.allocate(arena);
+    }
+
+    /** Builder for decode plans; see {@link Attention#decode(Attn4j)}. */
+    public static final class Builder extends PlanBuilder<Builder> {
+        Builder(Attn4j lib) {
+            super(lib);
+        }
+
+        public DecodePlan build() {
+            return new DecodePlan(this);
+        }
+    }
+
+    public int pageSize() {
+        return config.pageSize();
+    }
+
+    /** Decodes one step of the sequences in {@code table} against layer {@code layer} of {@code cache}. */
+    public void run(Tensor q, PagedKvCache cache, int layer, PageTable table, Tensor out) {
+        run(q, cache, layer, table, out, null);
+    }
+
+    /** As {@link #run(Tensor, PagedKvCache, int, PageTable, Tensor)}, also writing {@code lse} when not null. */
+    public void run(Tensor q, PagedKvCache cache, int layer, PageTable table, Tensor out, Tensor lse) {
+        MemorySegment plan = handle();
+        if (cache == null) {
+            throw Attn4jException.invalid("cache: null");
+        }
+        if (table == null) {
+            throw Attn4jException.invalid("table: null");
+        }
+        MemorySegment kv = cache.layerStruct(layer);
+        NativeTensor.fill(qDesc, q, "q");
+        NativeTensor.fill(outDesc, out, "out");
+        MemorySegment l = MemorySegment.NULL;
+        if (lse != null) {
+            NativeTensor.fill(lseDesc, lse, "lse");
+            l = lseDesc;
+        }
+        Native.check(Attn4jNative.attn4j_decode_run(plan, qDesc, kv, table.nativeStruct("table"), outDesc, l),
+                "decode");
+    }
+}

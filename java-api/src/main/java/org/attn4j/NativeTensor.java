@@ -1,0 +1,54 @@
+package org.attn4j;
+
+import java.lang.foreign.MemorySegment;
+
+import org.attn4j.bindings.attn4j_tensor;
+
+/** Fills attn4j_tensor descriptors from {@link Tensor}s, with the checks Java can do cheaply. */
+final class NativeTensor {
+    private NativeTensor() {}
+
+    /** Writes {@code t} into the descriptor {@code desc}; {@code name} names it in errors. */
+    static void fill(MemorySegment desc, Tensor t, String name) {
+        if (t == null) {
+            throw Attn4jException.invalid(name + ": null");
+        }
+        MemorySegment seg = t.segment();
+        if (!seg.scope().isAlive()) {
+            throw Attn4jException.invalid(name + ": the arena owning this tensor's memory is closed");
+        }
+        attn4j_tensor.data(desc, seg);
+        attn4j_tensor.size_bytes(desc, seg.byteSize());
+        attn4j_tensor.dtype(desc, t.dtype().code());
+        attn4j_tensor.device_type(desc, t.device().kind().code);
+        attn4j_tensor.device_id(desc, t.device().index());
+        int rank = t.rank();
+        attn4j_tensor.rank(desc, rank);
+        for (int i = 0; i < Tensor.MAX_RANK; i++) {
+            attn4j_tensor.shape(desc, i, i < rank ? t.shape(i) : 0L);
+            attn4j_tensor.strides(desc, i, i < rank ? t.stride(i) : 0L);
+        }
+    }
+
+    /** Writes a contiguous 1-D I32 view of {@code count} ints at {@code seg}. */
+    static void fillInts(MemorySegment desc, MemorySegment seg, long count) {
+        attn4j_tensor.data(desc, seg);
+        attn4j_tensor.size_bytes(desc, seg.byteSize());
+        attn4j_tensor.dtype(desc, DType.I32.code());
+        attn4j_tensor.device_type(desc, Device.Kind.CPU.code);
+        attn4j_tensor.device_id(desc, 0);
+        attn4j_tensor.rank(desc, 1);
+        attn4j_tensor.shape(desc, 0, count);
+        attn4j_tensor.strides(desc, 0, 1L);
+        for (int i = 1; i < Tensor.MAX_RANK; i++) {
+            attn4j_tensor.shape(desc, i, 0L);
+            attn4j_tensor.strides(desc, i, 0L);
+        }
+    }
+
+    static void requireDType(Tensor t, DType expected, String name) {
+        if (t.dtype() != expected) {
+            throw Attn4jException.invalid(name + ": dtype " + t.dtype() + " differs from the expected " + expected);
+        }
+    }
+}

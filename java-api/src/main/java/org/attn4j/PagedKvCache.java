@@ -1,0 +1,542 @@
+package org.attn4j;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.util.Arrays;
+
+import org.attn4j.bindings.Attn4jNative;
+import org.attn4j.bindings.attn4j_paged_kv;
+import org.attn4j.bindings.attn4j_tensor;
+import org.attn4j.internal.Native;
+
+/**
+ * A paged KV cache: for each layer, one K slab and one V slab of {@code numPages} pages, each page
+ * holding {@code pageSize} tokens of every KV head (layout [page][kv_head][slot][head_dim]). A page
+ * id names the same slot in every layer. Sequences own lists of pages; {@link #fork} shares full
+ * pages copy-on-write style (the partial last page is copied) and {@link #free} returns pages.
+ *
+ * <p>Writing is two steps so one reservation serves every layer: {@link #reserve} grows the
+ * sequences and hands out pages once; {@link #write} stores one layer's new K/V into them
+ * (converting to the cache dtype). {@link #append} does both for single-layer caches. The memory
+ * lives in one shared arena closed by {@link #close()}. Not thread-safe.
+ */
+public final class PagedKvCache implements AutoCloseable {
+    private final Attn4j lib;
+    private final int layers;
+    private final int kvHeads;
+    private final int headDim;
+    private final int pageSize;
+    private final int numPages;
+    private final DType dtype;
+    private final long pageBytes;
+    private final Arena arena;
+    private final MemorySegment[] kSlabs;
+    private final MemorySegment[] vSlabs;
+    private final MemorySegment[] layerStructs;
+    private final MemorySegment kDesc;
+    private final MemorySegment vDesc;
+
+    private final int[] freePages;
+    private int freeTop;
+    private final int[] refCount;
+    private Sequence[] sequences = new Sequence[16];
+    private int generation;
+
+    private static final class Sequence {
+        int[] pages = new int[4];
+        int pageCount;
+        long length;
+    }
+
+    private PagedKvCache(Builder b) {
+        this.lib = b.lib;
+        this.layers = b.layers;
+        this.kvHeads = b.kvHeads;
+        this.headDim = b.headDim;
+        this.pageSize = b.pageSize;
+        this.numPages = b.numPages;
+        this.dtype = b.dtype;
+        this.pageBytes = (long) kvHeads * pageSize * headDim * dtype.byteSize();
+        long slabBytes = Math.multiplyExact(pageBytes, (long) numPages);
+        this.arena = Arena.ofShared();
+        try {
+            kSlabs = new MemorySegment[layers];
+            vSlabs = new MemorySegment[layers];
+            layerStructs = new MemorySegment[layers];
+            for (int l = 0; l < layers; l++) {
+                kSlabs[l] = arena.allocate(slabBytes, 64);
+                vSlabs[l] = arena.allocate(slabBytes, 64);
+                MemorySegment s = attn4j_paged_kv.allocate(arena);
+                attn4j_paged_kv.struct_size(s, (int) attn4j_paged_kv.sizeof());
+                attn4j_paged_kv.dtype(s, dtype.code());
+                attn4j_paged_kv.num_kv_heads(s, kvHeads);
+                attn4j_paged_kv.head_dim(s, headDim);
+                attn4j_paged_kv.page_size(s, pageSize);
+                attn4j_paged_kv.num_pages(s, numPages);
+                attn4j_paged_kv.device_type(s, Device.Kind.CPU.code);
+                attn4j_paged_kv.device_id(s, 0);
+                attn4j_paged_kv.k_data(s, kSlabs[l]);
+                attn4j_paged_kv.v_data(s, vSlabs[l]);
+                attn4j_paged_kv.k_size_bytes(s, slabBytes);
+                attn4j_paged_kv.v_size_bytes(s, slabBytes);
+                layerStructs[l] = s;
+            }
+            kDesc = attn4j_tensor.allocate(arena);
+            vDesc = attn4j_tensor.allocate(arena);
+        } catch (OutOfMemoryError | RuntimeException e) {
+            arena.close();
+            throw new Attn4jException(Status.OUT_OF_MEMORY, "cache: could not allocate " + layers + " x 2 x "
+                    + slabBytes + " bytes: " + e.getMessage(), e);
+        }
+        this.freePages = new int[numPages];
+        for (int i = 0; i < numPages; i++) {
+            freePages[i] = numPages - 1 - i;
+        }
+        this.freeTop = numPages;
+        this.refCount = new int[numPages];
+    }
+
+    public static Builder builder(Attn4j lib) {
+        return new Builder(lib);
+    }
+
+    /** Configures a cache; every setting is checked in {@link #build()}. */
+    public static final class Builder {
+        private final Attn4j lib;
+        private int layers = 1;
+        private int kvHeads = -1;
+        private int headDim = -1;
+        private int pageSize = 16;
+        private int numPages = -1;
+        private DType dtype = DType.BF16;
+
+        private Builder(Attn4j lib) {
+            if (lib == null) {
+                throw Attn4jException.invalid("lib: null");
+            }
+            this.lib = lib;
+        }
+
+        public Builder layers(int layers) {
+            this.layers = layers;
+            return this;
+        }
+
+        public Builder kvHeads(int kvHeads) {
+            this.kvHeads = kvHeads;
+            return this;
+        }
+
+        public Builder headDim(int headDim) {
+            this.headDim = headDim;
+            return this;
+        }
+
+        public Builder pageSize(int pageSize) {
+            this.pageSize = pageSize;
+            return this;
+        }
+
+        /** Pages per layer; a page holds {@code pageSize} tokens of all KV heads. */
+        public Builder numPages(int numPages) {
+            this.numPages = numPages;
+            return this;
+        }
+
+        /** Storage format: F32, F16 or BF16 (default). */
+        public Builder dtype(DType dtype) {
+            this.dtype = dtype;
+            return this;
+        }
+
+        public PagedKvCache build() {
+            positive("layers", layers);
+            positive("kvHeads", kvHeads);
+            positive("headDim", headDim);
+            positive("pageSize", pageSize);
+            positive("numPages", numPages);
+            if (dtype == null || !dtype.isFloat()) {
+                throw Attn4jException.invalid("dtype: KV storage must be F32, F16 or BF16, got " + dtype);
+            }
+            if (lib.device().kind() != Device.Kind.CPU) {
+                throw new Attn4jException(Status.UNSUPPORTED, "lib: paged KV caches on " + lib.device()
+                        + " are not supported yet (CPU only in this version)");
+            }
+            return new PagedKvCache(this);
+        }
+
+        private static void positive(String name, int v) {
+            if (v <= 0) {
+                throw Attn4jException.invalid(name + ": must be > 0, got " + (v == -1 ? "unset" : v));
+            }
+        }
+    }
+
+    public int layers() {
+        return layers;
+    }
+
+    public int kvHeads() {
+        return kvHeads;
+    }
+
+    public int headDim() {
+        return headDim;
+    }
+
+    public int pageSize() {
+        return pageSize;
+    }
+
+    public int numPages() {
+        return numPages;
+    }
+
+    public DType dtype() {
+        return dtype;
+    }
+
+    public int freePageCount() {
+        return freeTop;
+    }
+
+    /** Bytes one token occupies across K and V of one layer (all KV heads). */
+    public long bytesPerToken() {
+        return 2L * kvHeads * headDim * dtype.byteSize();
+    }
+
+    /** Bits stored per K or V element (16 for BF16; quantized formats include scales and zeros). */
+    public double effectiveBitsPerElement() {
+        return dtype.byteSize() * 8.0;
+    }
+
+    // ---- sequences ----
+
+    /** A new empty sequence; returns its id. */
+    public int newSequence() {
+        checkOpen();
+        for (int i = 0; i < sequences.length; i++) {
+            if (sequences[i] == null) {
+                sequences[i] = new Sequence();
+                return i;
+            }
+        }
+        int id = sequences.length;
+        sequences = Arrays.copyOf(sequences, id * 2);
+        sequences[id] = new Sequence();
+        return id;
+    }
+
+    /** Tokens stored in sequence {@code seq}. */
+    public long length(int seq) {
+        return sequence(seq, "seq").length;
+    }
+
+    /**
+     * A new sequence with the same tokens as {@code seq}: full pages are shared, the partial last
+     * page (if any) is copied, so appends to either never touch the other.
+     */
+    public int fork(int seq) {
+        Sequence src = sequence(seq, "seq");
+        boolean partial = src.length % pageSize != 0;
+        if (partial && freeTop == 0) {
+            throw new Attn4jException(Status.OUT_OF_MEMORY, "fork: no free page to copy the partial last page of sequence "
+                    + seq + " (" + numPages + " pages, all in use)");
+        }
+        int id = newSequence();
+        Sequence dst = sequences[id];
+        dst.pages = Arrays.copyOf(src.pages, Math.max(src.pages.length, 4));
+        dst.pageCount = src.pageCount;
+        dst.length = src.length;
+        int shared = partial ? src.pageCount - 1 : src.pageCount;
+        for (int i = 0; i < shared; i++) {
+            refCount[src.pages[i]]++;
+        }
+        if (partial) {
+            int from = src.pages[src.pageCount - 1];
+            int to = takePage();
+            for (int l = 0; l < layers; l++) {
+                MemorySegment.copy(kSlabs[l], from * pageBytes, kSlabs[l], to * pageBytes, pageBytes);
+                MemorySegment.copy(vSlabs[l], from * pageBytes, vSlabs[l], to * pageBytes, pageBytes);
+            }
+            dst.pages[dst.pageCount - 1] = to;
+        }
+        return id;
+    }
+
+    /** Releases sequence {@code seq}; pages no other sequence shares become free. */
+    public void free(int seq) {
+        Sequence s = sequence(seq, "seq");
+        for (int i = 0; i < s.pageCount; i++) {
+            releasePage(s.pages[i]);
+        }
+        sequences[seq] = null;
+    }
+
+    // ---- writing ----
+
+    /**
+     * Grows each {@code seqs[i]} by {@code counts[i]} tokens, taking pages as needed, all or
+     * nothing: if the pages do not suffice, nothing changes and an {@link Status#OUT_OF_MEMORY}
+     * exception is thrown. The returned reservation is then filled layer by layer with
+     * {@link #write}; {@link #rollback} undoes it if writing fails.
+     */
+    public Reservation reserve(int[] seqs, int[] counts) {
+        checkOpen();
+        if (seqs == null || counts == null || seqs.length != counts.length || seqs.length == 0) {
+            throw Attn4jException.invalid("seqs, counts: need two non-empty arrays of equal length, got "
+                    + (seqs == null ? "null" : seqs.length) + " and " + (counts == null ? "null" : counts.length));
+        }
+        long needed = 0;
+        for (int i = 0; i < seqs.length; i++) {
+            Sequence s = sequence(seqs[i], "seqs[" + i + "]");
+            for (int j = 0; j < i; j++) {
+                if (seqs[j] == seqs[i]) {
+                    throw Attn4jException.invalid("seqs[" + i + "]: sequence " + seqs[i] + " appears twice");
+                }
+            }
+            if (counts[i] < 0) {
+                throw Attn4jException.invalid("counts[" + i + "]: negative token count " + counts[i]);
+            }
+            needed += pagesFor(s.length + counts[i]) - s.pageCount;
+        }
+        if (needed > freeTop) {
+            throw new Attn4jException(Status.OUT_OF_MEMORY, "cache: out of pages: the reservation needs " + needed
+                    + " pages, " + freeTop + " of " + numPages + " are free");
+        }
+        int[] oldPageCounts = new int[seqs.length];
+        long[] oldLengths = new long[seqs.length];
+        int[] appendIndptr = new int[seqs.length + 1];
+        int totalPages = 0;
+        for (int i = 0; i < seqs.length; i++) {
+            Sequence s = sequences[seqs[i]];
+            oldPageCounts[i] = s.pageCount;
+            oldLengths[i] = s.length;
+            s.length += counts[i];
+            int target = pagesFor(s.length);
+            if (s.pages.length < target) {
+                s.pages = Arrays.copyOf(s.pages, Math.max(target, s.pages.length * 2));
+            }
+            while (s.pageCount < target) {
+                s.pages[s.pageCount++] = takePage();
+            }
+            appendIndptr[i + 1] = Math.addExact(appendIndptr[i], counts[i]);
+            totalPages += s.pageCount;
+        }
+        Arena tableArena = Arena.ofAuto();
+        PageTable table = PageTable.allocate(tableArena, seqs.length, totalPages);
+        fillPageTable(table, seqs);
+        MemorySegment indptrSeg = tableArena.allocate(ValueLayout.JAVA_INT, appendIndptr.length);
+        MemorySegment.copy(appendIndptr, 0, indptrSeg, ValueLayout.JAVA_INT, 0, appendIndptr.length);
+        MemorySegment indptrDesc = attn4j_tensor.allocate(tableArena);
+        NativeTensor.fillInts(indptrDesc, indptrSeg, appendIndptr.length);
+        return new Reservation(this, generation, seqs.clone(), oldPageCounts, oldLengths, table, indptrDesc,
+                appendIndptr[seqs.length]);
+    }
+
+    /**
+     * Writes layer {@code layer}'s K and V for a reservation: {@code k}, {@code v} are
+     * [totalNewTokens, kvHeads, headDim] (F32, F16 or BF16), sequence by sequence in the order of
+     * the reservation. Non-finite values are rejected before anything is written.
+     */
+    public void write(int layer, Reservation r, Tensor k, Tensor v) {
+        checkOpen();
+        checkLayer(layer);
+        if (r == null || r.cache != this) {
+            throw Attn4jException.invalid("reservation: " + (r == null ? "null" : "made by another cache"));
+        }
+        if (r.generation != generation || r.rolledBack) {
+            throw Attn4jException.invalid("reservation: no longer valid (rolled back, or the cache changed since)");
+        }
+        checkKv(k, "k", r.totalTokens);
+        checkKv(v, "v", r.totalTokens);
+        NativeTensor.fill(kDesc, k, "k");
+        NativeTensor.fill(vDesc, v, "v");
+        Native.check(Attn4jNative.attn4j_paged_kv_append(lib.handle(), layerStructs[layer],
+                r.table.nativeStruct("reservation.table"), r.appendIndptrDesc, kDesc, vDesc), "write");
+    }
+
+    /** Undoes a reservation: lengths shrink back and the pages it took are freed. */
+    public void rollback(Reservation r) {
+        checkOpen();
+        if (r == null || r.cache != this || r.rolledBack) {
+            throw Attn4jException.invalid("reservation: " + (r == null ? "null" : r.rolledBack
+                    ? "already rolled back" : "made by another cache"));
+        }
+        for (int i = r.seqs.length - 1; i >= 0; i--) {
+            Sequence s = sequences[r.seqs[i]];
+            if (s == null) {
+                continue;
+            }
+            while (s.pageCount > r.oldPageCounts[i]) {
+                releasePage(s.pages[--s.pageCount]);
+            }
+            s.length = r.oldLengths[i];
+        }
+        r.rolledBack = true;
+        generation++;
+    }
+
+    /**
+     * Single-layer convenience: reserves {@code counts} tokens on {@code seqs} and writes
+     * {@code k}/{@code v} into layer 0; on any failure the cache is left as it was.
+     */
+    public Reservation append(int[] seqs, int[] counts, Tensor k, Tensor v) {
+        if (layers != 1) {
+            throw Attn4jException.invalid("append: this cache has " + layers
+                    + " layers; use reserve(...) once, then write(layer, ...) for each layer");
+        }
+        Reservation r = reserve(seqs, counts);
+        try {
+            write(0, r, k, v);
+        } catch (RuntimeException e) {
+            rollback(r);
+            throw e;
+        }
+        return r;
+    }
+
+    // ---- page tables ----
+
+    /** A new page table for {@code seqs}. */
+    public PageTable pageTable(int... seqs) {
+        int pages = 0;
+        for (int i = 0; i < seqs.length; i++) {
+            pages += sequence(seqs[i], "seqs[" + i + "]").pageCount;
+        }
+        PageTable t = PageTable.allocate(Arena.ofAuto(), Math.max(seqs.length, 1), pages);
+        fillPageTable(t, seqs);
+        return t;
+    }
+
+    /** Rewrites {@code table} in place for {@code seqs}, allocating nothing. */
+    public void fillPageTable(PageTable table, int[] seqs) {
+        checkOpen();
+        if (seqs == null || seqs.length == 0) {
+            throw Attn4jException.invalid("seqs: need at least one sequence");
+        }
+        if (seqs.length > table.maxBatch()) {
+            throw Attn4jException.invalid("seqs: " + seqs.length + " sequences exceed the table's maxBatch "
+                    + table.maxBatch());
+        }
+        MemorySegment indptr = table.indptrSegment();
+        MemorySegment indices = table.indicesSegment();
+        MemorySegment last = table.lastPageLenSegment();
+        int nnz = 0;
+        indptr.setAtIndex(ValueLayout.JAVA_INT, 0, 0);
+        for (int i = 0; i < seqs.length; i++) {
+            Sequence s = sequence(seqs[i], "seqs[" + i + "]");
+            if (nnz + s.pageCount > table.maxPages()) {
+                throw Attn4jException.invalid("table: room for " + table.maxPages() + " page ids, the batch needs more");
+            }
+            MemorySegment.copy(s.pages, 0, indices, ValueLayout.JAVA_INT, (long) nnz * 4, s.pageCount);
+            nnz += s.pageCount;
+            indptr.setAtIndex(ValueLayout.JAVA_INT, i + 1, nnz);
+            int rem = (int) (s.length % pageSize);
+            last.setAtIndex(ValueLayout.JAVA_INT, i, s.length == 0 ? 0 : rem == 0 ? pageSize : rem);
+        }
+        table.publish(seqs.length, nnz);
+    }
+
+    // ---- package-private, for plans ----
+
+    MemorySegment layerStruct(int layer) {
+        checkOpen();
+        checkLayer(layer);
+        return layerStructs[layer];
+    }
+
+    @Override
+    public void close() {
+        if (arena.scope().isAlive()) {
+            arena.close();
+        }
+    }
+
+    private void checkOpen() {
+        if (!arena.scope().isAlive()) {
+            throw new IllegalStateException("cache: closed");
+        }
+    }
+
+    private void checkLayer(int layer) {
+        if (layer < 0 || layer >= layers) {
+            throw Attn4jException.invalid("layer: " + layer + " outside [0, " + layers + ")");
+        }
+    }
+
+    private void checkKv(Tensor t, String name, long tokens) {
+        if (t == null) {
+            throw Attn4jException.invalid(name + ": null");
+        }
+        if (t.rank() != 3 || t.shape(0) != tokens || t.shape(1) != kvHeads || t.shape(2) != headDim) {
+            throw Attn4jException.invalid(name + ": expected shape [" + tokens + ", " + kvHeads + ", " + headDim
+                    + "] (new tokens, kvHeads, headDim), got " + Arrays.toString(t.shape()));
+        }
+        if (!t.dtype().isFloat()) {
+            throw Attn4jException.invalid(name + ": dtype must be F32, F16 or BF16, got " + t.dtype());
+        }
+    }
+
+    private Sequence sequence(int seq, String name) {
+        checkOpen();
+        if (seq < 0 || seq >= sequences.length || sequences[seq] == null) {
+            throw Attn4jException.invalid(name + ": no live sequence with id " + seq);
+        }
+        return sequences[seq];
+    }
+
+    private int pagesFor(long tokens) {
+        return (int) ((tokens + pageSize - 1) / pageSize);
+    }
+
+    private int takePage() {
+        int p = freePages[--freeTop];
+        refCount[p] = 1;
+        return p;
+    }
+
+    /** Returns a page; bumps the generation so reservations that might point at it go stale. */
+    private void releasePage(int p) {
+        if (--refCount[p] == 0) {
+            freePages[freeTop++] = p;
+        }
+        generation++;
+    }
+
+    /** Positions handed out by {@link #reserve}, to be written per layer. */
+    public static final class Reservation {
+        private final PagedKvCache cache;
+        private final int generation;
+        private final int[] seqs;
+        private final int[] oldPageCounts;
+        private final long[] oldLengths;
+        private final PageTable table;
+        private final MemorySegment appendIndptrDesc;
+        private final int totalTokens;
+        private boolean rolledBack;
+
+        private Reservation(PagedKvCache cache, int generation, int[] seqs, int[] oldPageCounts, long[] oldLengths,
+                PageTable table, MemorySegment appendIndptrDesc, int totalTokens) {
+            this.cache = cache;
+            this.generation = generation;
+            this.seqs = seqs;
+            this.oldPageCounts = oldPageCounts;
+            this.oldLengths = oldLengths;
+            this.table = table;
+            this.appendIndptrDesc = appendIndptrDesc;
+            this.totalTokens = totalTokens;
+        }
+
+        /** The batch's page table after the reservation (usable for attention right away). */
+        public PageTable pageTable() {
+            return table;
+        }
+
+        /** New tokens across all sequences: the first dimension {@link #write} expects. */
+        public int totalTokens() {
+            return totalTokens;
+        }
+    }
+}
