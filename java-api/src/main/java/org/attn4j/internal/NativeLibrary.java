@@ -76,6 +76,9 @@ public final class NativeLibrary {
             String base = "/META-INF/native/" + platform + "/";
             tried.add("jar resource " + base + LIBRARY);
             List<String> names = readManifest(base);
+            if (!names.contains(LIBRARY)) {
+                names.add(LIBRARY);
+            }
             Path dir = extract(base, names);
             tried.add("extracted to " + dir);
             loadFrom(dir, null);
@@ -91,13 +94,12 @@ public final class NativeLibrary {
         Path manifest = dir.resolve(MANIFEST);
         if (library == null && Files.isRegularFile(manifest)) {
             for (String name : Files.readAllLines(manifest, StandardCharsets.UTF_8)) {
-                if (!name.isBlank()) {
+                if (!name.isBlank() && !name.strip().equals(LIBRARY)) {
                     System.load(dir.resolve(name.strip()).toAbsolutePath().toString());
                 }
             }
-        } else {
-            System.load((library != null ? library : dir.resolve(LIBRARY)).toAbsolutePath().toString());
         }
+        System.load((library != null ? library : dir.resolve(LIBRARY)).toAbsolutePath().toString());
     }
 
     private static List<String> readManifest(String base) throws IOException {

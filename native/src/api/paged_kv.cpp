@@ -1,0 +1,69 @@
+// attn4j_paged_kv_append.
+#include "api/guard.h"
+
+#include <string>
+
+#include "core/dtype.h"
+#include "core/validate.h"
+#include "cpu/append.h"
+
+using namespace attn4j;
+
+extern "C" {
+
+attn4j_status attn4j_paged_kv_append(attn4j_context* ctx, const attn4j_paged_kv* cache,
+                                     const attn4j_page_table* table,
+                                     const attn4j_tensor* append_indptr, const attn4j_tensor* k,
+                                     const attn4j_tensor* v) {
+    return api::guard("attn4j_paged_kv_append", [&] {
+        Context& c = api::context_of(ctx);
+        const PagedKvView kv = check_paged_kv(cache, "cache");
+        if (cache->device_type != c.device_type || cache->device_id != c.device_id)
+            invalid(std::string("cache: device ") + device_name(cache->device_type) + ":" +
+                    std::to_string(cache->device_id) + " but ctx runs on " +
+                    device_name(c.device_type) + ":" + std::to_string(c.device_id));
+        api::require_cpu_context(c, "paged_kv_append");
+        const PageTableView tv = check_page_table(table, kv);
+        int64_t n_ap = 0;
+        const int32_t* ap = check_i32_vector(append_indptr, "append_indptr", 0, &n_ap);
+        if (n_ap != int64_t(tv.batch) + 1)
+            invalid("append_indptr: has " + std::to_string(n_ap) + " elements, expected batch + 1 = " +
+                    std::to_string(tv.batch + 1) + " (table.indptr gives batch " +
+                    std::to_string(tv.batch) + ")");
+        check_indptr(ap, tv.batch, "append_indptr");
+        for (int32_t i = 0; i < tv.batch; ++i) {
+            const int64_t n = ap[i + 1] - ap[i];
+            const int64_t len = tv.seq_len(i, kv.page_size);
+            if (n > len)
+                invalid("append_indptr: sequence " + std::to_string(i) + " appends " +
+                        std::to_string(n) + " tokens but table gives it only " +
+                        std::to_string(len) + " (the table must already include the new tokens)");
+        }
+        const int64_t nnz = ap[tv.batch];
+        const attn4j_tensor* tensors[2] = {k, v};
+        const char* names[2] = {"k", "v"};
+        for (int i = 0; i < 2; ++i) {
+            const attn4j_tensor& t = check_tensor(tensors[i], names[i]);
+            expect_rank(t, names[i], 3);
+            expect_float_dtype(t, names[i]);
+            expect_device(t, names[i], c.device_type, c.device_id, "ctx");
+            expect_dim(t, names[i], 0, nnz, "append_indptr[batch] =");
+            expect_dim(t, names[i], 1, kv.num_kv_heads, "cache num_kv_heads");
+            expect_dim(t, names[i], 2, kv.head_dim, "cache head_dim");
+        }
+        // Nothing is written unless every value is finite.
+        check_finite(*k, "k", c.num_threads);
+        check_finite(*v, "v", c.num_threads);
+
+        cpu::AppendArgs a;
+        a.kv = kv;
+        a.table = tv;
+        a.append_indptr = ap;
+        a.nnz = nnz;
+        a.k = rows_heads_view(*k);
+        a.v = rows_heads_view(*v);
+        cpu::paged_kv_append(a, c.num_threads);
+    });
+}
+
+}  // extern "C"

@@ -1,0 +1,36 @@
+// Contexts and plans behind the opaque C handles. A plan holds a shared_ptr to its context's
+// state, so a context handle may be destroyed before its plans.
+#pragma once
+
+#include <memory>
+
+#include "attn4j.h"
+#include "cpu/decode.h"
+#include "cpu/prefill.h"
+
+namespace attn4j {
+
+struct Context {
+    attn4j_device_type device_type = ATTN4J_DEVICE_CPU;
+    int32_t device_id = 0;
+    int num_threads = 1;  // resolved: > 0
+};
+
+// Number of CUDA devices visible; 0 without CUDA support in the build, driver or GPU. Never
+// throws.
+int cuda_device_count() noexcept;
+
+}  // namespace attn4j
+
+struct attn4j_context {
+    std::shared_ptr<attn4j::Context> state;
+};
+
+struct attn4j_plan {
+    enum class Kind { decode, prefill };
+    Kind kind = Kind::decode;
+    std::shared_ptr<attn4j::Context> ctx;
+    attn4j_attention_desc desc{};
+    std::unique_ptr<attn4j::cpu::DecodeKernel> decode;
+    std::unique_ptr<attn4j::cpu::PrefillKernel> prefill;
+};
