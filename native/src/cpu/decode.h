@@ -6,6 +6,7 @@
 
 #include <memory>
 
+#include "core/cpu_features.h"
 #include "core/kernel_args.h"
 
 namespace attn4j::cpu {
@@ -23,5 +24,10 @@ public:
 // split-KV workspace once. Throws std::bad_alloc / attn4j::Error (caught in api/).
 std::unique_ptr<DecodeKernel> make_decode_kernel(const attn4j_attention_desc& desc,
                                                  int num_threads);
+
+// Test hook: the same kernel on a chosen SIMD path. `isa` is capped at cpu_features().isa, so
+// asking for a path this CPU (or ATTN4J_ISA) does not allow gives the best allowed one instead.
+std::unique_ptr<DecodeKernel> make_decode_kernel_for_isa(const attn4j_attention_desc& desc,
+                                                         int num_threads, Isa isa);
 
 }  // namespace attn4j::cpu
