@@ -298,7 +298,7 @@ int main(int argc, char** argv) {
                 c.group = groups[(n / 3) % 3];
                 c.head_dim = (n % 4 == 3) ? odd_dims[(n / 4) % 3] : ((n % 2) ? 64 : 128);
                 c.num_kv_heads = 1 + int(rng() % 3);
-                c.lens = {1 + int(rng() % 300), 1 + int(rng() % 40)};
+                c.lens = std::vector<int>{1 + int(rng() % 300), 1 + int(rng() % 40)};
                 c.threads = 1 + n % 3;
                 c.padded_strides = (n % 5) == 0;
                 cases.push_back(c);
@@ -329,7 +329,7 @@ int main(int argc, char** argv) {
     // 3. Long single sequences (split-KV across threads, merge) and long + short ragged mixes.
     for (int len : {8192, 8191, 4097, 2048}) {
         Case c;
-        c.lens = {len};
+        c.lens = std::vector<int>{len};
         c.page_size = len == 4097 ? 64 : 16;
         c.group = len == 8192 ? 4 : 8;
         c.num_kv_heads = 1;
@@ -340,7 +340,7 @@ int main(int argc, char** argv) {
     }
     {
         Case c;
-        c.lens = {8000, 3, 17, 1, 64, 65, 700, 1};
+        c.lens = std::vector<int>{8000, 3, 17, 1, 64, 65, 700, 1};
         c.page_size = 16;
         c.group = 4;
         c.num_kv_heads = 2;
@@ -357,7 +357,7 @@ int main(int argc, char** argv) {
         cases.push_back(c);
         c.group = 16;  // bigger than one group tile
         c.head_dim = 64;
-        c.lens = {3000, 1, 200};
+        c.lens = std::vector<int>{3000, 1, 200};
         c.page_size = 1;
         cases.push_back(c);
     }

@@ -10,7 +10,8 @@
 //            sm_scale * log2(e)), vectorised exp2.
 //   V phase: for each W-float slice of head_dim, the group tile's accumulators stay in registers
 //            while the block's V rows are streamed.
-// Rows of the block PREFETCH_BLOCKS ahead are software-prefetched (pages are scattered).
+// Rows Ops::kPrefetchBlocks blocks ahead are software-prefetched (pages are scattered), one
+// burst of line prefetches per block.
 #pragma once
 
 #include <algorithm>

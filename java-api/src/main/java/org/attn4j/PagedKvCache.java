@@ -213,7 +213,10 @@ public final class PagedKvCache implements AutoCloseable {
 
     // ---- sequences ----
 
-    /** A new empty sequence; returns its id. */
+    /**
+     * A new empty sequence; returns its id. Ids are small integers and the id of a
+     * {@linkplain #free freed} sequence is handed out again, so drop an id when freeing it.
+     */
     public int newSequence() {
         checkOpen();
         for (int i = 0; i < sequences.length; i++) {
@@ -298,6 +301,10 @@ public final class PagedKvCache implements AutoCloseable {
             }
             if (counts[i] < 0) {
                 throw Attn4jException.invalid("counts[" + i + "]: negative token count " + counts[i]);
+            }
+            if (s.length + counts[i] == 0) {
+                throw Attn4jException.invalid("counts[" + i + "]: sequence " + seqs[i]
+                        + " is empty and would stay empty (kernels reject empty sequences)");
             }
             needed += pagesFor(s.length + counts[i]) - s.pageCount;
         }
