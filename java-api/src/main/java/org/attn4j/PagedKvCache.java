@@ -8,6 +8,7 @@ import java.util.Arrays;
 import org.attn4j.bindings.Attn4jNative;
 import org.attn4j.bindings.attn4j_paged_kv;
 import org.attn4j.bindings.attn4j_tensor;
+import org.attn4j.internal.HugePages;
 import org.attn4j.internal.Native;
 
 /**
@@ -65,8 +66,8 @@ public final class PagedKvCache implements AutoCloseable {
             vSlabs = new MemorySegment[layers];
             layerStructs = new MemorySegment[layers];
             for (int l = 0; l < layers; l++) {
-                kSlabs[l] = arena.allocate(slabBytes, 64);
-                vSlabs[l] = arena.allocate(slabBytes, 64);
+                kSlabs[l] = HugePages.allocate(arena, slabBytes);
+                vSlabs[l] = HugePages.allocate(arena, slabBytes);
                 MemorySegment s = attn4j_paged_kv.allocate(arena);
                 attn4j_paged_kv.struct_size(s, (int) attn4j_paged_kv.sizeof());
                 attn4j_paged_kv.dtype(s, dtype.code());
