@@ -1,0 +1,257 @@
+// CUDA paged decode benchmark: 32 q / 8 kv heads, head_dim 128, BF16 q/KV/out, page size 16
+// (--page-size), shuffled page ids (--ordered 1: in order). Per shape: warm-up, then `reps` runs,
+// each bracketed by CUDA events: median and min; then a CUDA graph of 20 runs (time per run,
+// without host launch gaps). KV pools rotate (at least 2 and >= 256 MB in all) so L2 (50 MB)
+// never holds the next run's KV. Effective bandwidth = K+V bytes of all tokens / time. Also
+// measures a device-to-device copy (bytes read + written) as the roofline.
+// Usage: bench_cuda_decode [--json PATH] [--min-chunk TOKENS] [--reps N] [--shapes b:L,b:L,...]
+//                          [--page-size N] [--ordered 0|1]
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/kernel_args.h"
+#include "cuda/decode.cuh"
+
+using namespace attn4j;
+
+#define CK(call)                                                                              \
+    do {                                                                                      \
+        cudaError_t e_ = (call);                                                              \
+        if (e_ != cudaSuccess) {                                                              \
+            std::fprintf(stderr, "%s:%d: %s -> %s\n", __FILE__, __LINE__, #call,              \
+                         cudaGetErrorString(e_));                                             \
+            std::exit(1);                                                                     \
+        }                                                                                     \
+    } while (0)
+
+namespace {
+
+__global__ void fill_bf16(uint16_t* p, size_t n, uint32_t seed) {
+    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+        uint32_t x = uint32_t(i) * 2654435761u ^ seed;
+        x ^= x >> 15;
+        x *= 2246822519u;
+        x ^= x >> 13;
+        // uniform in about [-2, 2): sign, exponent 126..128, random mantissa
+        const uint32_t sign = (x & 1u) << 15, exp = 126u + ((x >> 1) % 2u), man = (x >> 8) & 0x7Fu;
+        p[i] = uint16_t(sign | (exp << 7) | man);
+    }
+}
+
+double median(std::vector<float> v) {
+    std::sort(v.begin(), v.end());
+    return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
+double copy_bandwidth() {
+    const size_t bytes = size_t(1) << 30;
+    void *a, *b;
+    CK(cudaMalloc(&a, bytes));
+    CK(cudaMalloc(&b, bytes));
+    CK(cudaMemset(a, 1, bytes));
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    std::vector<float> t;
+    for (int i = 0; i < 12; ++i) {
+        CK(cudaEventRecord(e0));
+        CK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice));
+        CK(cudaEventRecord(e1));
+        CK(cudaEventSynchronize(e1));
+        float ms;
+        CK(cudaEventElapsedTime(&ms, e0, e1));
+        if (i >= 2) t.push_back(ms);
+    }
+    CK(cudaFree(a));
+    CK(cudaFree(b));
+    return 2.0 * bytes / (median(t) * 1e-3) / 1e12;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+        std::printf("SKIP: no CUDA device\n");
+        return 0;
+    }
+    std::string json_path, shapes = "1:4096,1:32768,1:131072,64:4096,16:16384,128:1024";
+    int min_chunk = 128, reps = 200, PS = 16;
+    bool ordered = false;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (!std::strcmp(argv[i], "--json")) json_path = argv[i + 1];
+        else if (!std::strcmp(argv[i], "--min-chunk")) min_chunk = std::atoi(argv[i + 1]);
+        else if (!std::strcmp(argv[i], "--reps")) reps = std::atoi(argv[i + 1]);
+        else if (!std::strcmp(argv[i], "--shapes")) shapes = argv[i + 1];
+        else if (!std::strcmp(argv[i], "--page-size")) PS = std::atoi(argv[i + 1]);
+        else if (!std::strcmp(argv[i], "--ordered")) ordered = std::atoi(argv[i + 1]) != 0;
+    }
+    cudaDeviceProp prop{};
+    CK(cudaGetDeviceProperties(&prop, 0));
+    const double copy_tbs = copy_bandwidth();
+    std::printf("device %s, %d SMs, L2 %d MB; D2D copy %.2f TB/s (read+write); min_chunk %d\n",
+                prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20, copy_tbs, min_chunk);
+
+    const int HQO = 32, HKV = 8, D = 128;
+    std::printf("page size %d, page ids %s\n", PS, ordered ? "in order" : "shuffled");
+    std::string json = "{\n  \"device\": \"" + std::string(prop.name) + "\",\n  \"copy_tb_s\": " +
+                       std::to_string(copy_tbs) + ",\n  \"min_chunk_tokens\": " + std::to_string(min_chunk) +
+                       ",\n  \"page_size\": " + std::to_string(PS) + ",\n  \"shuffled_pages\": " +
+                       (ordered ? "false" : "true") + ",\n  \"results\": [\n";
+    bool first = true;
+    std::printf("%6s %8s %7s %10s %10s %9s %9s %9s\n", "batch", "seq_len", "chunks", "median_us", "min_us", "TB/s",
+                "graph_us", "graph_TB/s");
+    size_t pos = 0;
+    while (pos < shapes.size()) {
+        size_t comma = shapes.find(',', pos);
+        if (comma == std::string::npos) comma = shapes.size();
+        const std::string item = shapes.substr(pos, comma - pos);
+        pos = comma + 1;
+        const int B = std::atoi(item.c_str());
+        const int L = std::atoi(item.c_str() + item.find(':') + 1);
+
+        const int pages_per_seq = (L + PS - 1) / PS;
+        const int num_pages = B * pages_per_seq;
+        const size_t pool_elems = size_t(num_pages) * HKV * PS * D;
+        const double kv_bytes = double(B) * L * HKV * D * 2 * 2;
+        const int nrot = std::max<int>(2, int((256e6 + 2.0 * pool_elems * 2 - 1) / (2.0 * pool_elems * 2)));
+        std::vector<uint16_t*> ks(nrot), vs(nrot);
+        for (int r = 0; r < nrot; ++r) {
+            CK(cudaMalloc(&ks[r], pool_elems * 2));
+            CK(cudaMalloc(&vs[r], pool_elems * 2));
+            fill_bf16<<<1024, 256>>>(ks[r], pool_elems, 17u + r);
+            fill_bf16<<<1024, 256>>>(vs[r], pool_elems, 91u + r);
+        }
+        std::vector<int> indptr(B + 1), last(B, L - (pages_per_seq - 1) * PS), indices(num_pages);
+        for (int b = 0; b <= B; ++b) indptr[b] = b * pages_per_seq;
+        std::iota(indices.begin(), indices.end(), 0);
+        if (!ordered) std::shuffle(indices.begin(), indices.end(), std::mt19937(1234));
+        int *d_indptr, *d_indices, *d_last;
+        CK(cudaMalloc(&d_indptr, indptr.size() * 4));
+        CK(cudaMalloc(&d_indices, indices.size() * 4));
+        CK(cudaMalloc(&d_last, last.size() * 4));
+        CK(cudaMemcpy(d_indptr, indptr.data(), indptr.size() * 4, cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(d_indices, indices.data(), indices.size() * 4, cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(d_last, last.data(), last.size() * 4, cudaMemcpyHostToDevice));
+        uint16_t *dq, *dout;
+        float* dlse;
+        CK(cudaMalloc(&dq, size_t(B) * HQO * D * 2));
+        CK(cudaMalloc(&dout, size_t(B) * HQO * D * 2));
+        CK(cudaMalloc(&dlse, size_t(B) * HQO * 4));
+        fill_bf16<<<256, 256>>>(dq, size_t(B) * HQO * D, 5u);
+        CK(cudaGetLastError());
+
+        attn4j_attention_desc desc{};
+        desc.struct_size = sizeof desc;
+        desc.num_qo_heads = HQO;
+        desc.num_kv_heads = HKV;
+        desc.head_dim = D;
+        desc.q_dtype = desc.kv_dtype = desc.out_dtype = ATTN4J_DTYPE_BF16;
+        desc.sm_scale = 1.f / std::sqrt(float(D));
+        desc.page_size = PS;
+        desc.max_batch_size = B;
+        cuda::DecodeTuning tuning;
+        tuning.min_chunk_tokens = min_chunk;
+        auto kernel = cuda::make_decode_kernel(desc, 0, tuning);
+
+        DecodeArgs a;
+        a.shape = {HQO, HKV, D, desc.sm_scale, false};
+        a.q = {dq, ATTN4J_DTYPE_BF16, HQO * D, D};
+        a.out = {dout, ATTN4J_DTYPE_BF16, HQO * D, D};
+        a.lse = {dlse, HQO, 1};
+        a.kv.dtype = ATTN4J_DTYPE_BF16;
+        a.kv.num_kv_heads = HKV;
+        a.kv.head_dim = D;
+        a.kv.page_size = PS;
+        a.kv.num_pages = num_pages;
+        a.table = {B, d_indptr, d_indices, d_last};
+
+        cudaStream_t s;
+        CK(cudaStreamCreate(&s));
+        std::vector<cudaEvent_t> ev(2 * reps);
+        for (auto& e : ev) CK(cudaEventCreate(&e));
+        for (int i = 0; i < 20; ++i) {
+            a.kv.k = ks[i % nrot];
+            a.kv.v = vs[i % nrot];
+            CK(kernel->run(a, s));
+        }
+        for (int i = 0; i < reps; ++i) {
+            a.kv.k = ks[i % nrot];
+            a.kv.v = vs[i % nrot];
+            CK(cudaEventRecord(ev[2 * i], s));
+            CK(kernel->run(a, s));
+            CK(cudaEventRecord(ev[2 * i + 1], s));
+        }
+        CK(cudaStreamSynchronize(s));
+        std::vector<float> t(reps);
+        for (int i = 0; i < reps; ++i) CK(cudaEventElapsedTime(&t[i], ev[2 * i], ev[2 * i + 1]));
+        const double med_us = median(t) * 1e3;
+        const double min_us = *std::min_element(t.begin(), t.end()) * 1e3;
+        const double tbs = kv_bytes / (med_us * 1e-6) / 1e12;
+        // CUDA graph of kGraphRuns runs (rotating KV): time per run without host launch gaps.
+        constexpr int kGraphRuns = 20;
+        cudaGraph_t graph;
+        cudaGraphExec_t exec;
+        CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+        for (int i = 0; i < kGraphRuns; ++i) {
+            a.kv.k = ks[i % nrot];
+            a.kv.v = vs[i % nrot];
+            CK(kernel->run(a, s));
+        }
+        CK(cudaStreamEndCapture(s, &graph));
+        CK(cudaGraphInstantiate(&exec, graph, 0));
+        for (int i = 0; i < 3; ++i) CK(cudaGraphLaunch(exec, s));
+        const int greps = std::max(5, reps / 10);
+        for (int i = 0; i < greps; ++i) {
+            CK(cudaEventRecord(ev[2 * i], s));
+            CK(cudaGraphLaunch(exec, s));
+            CK(cudaEventRecord(ev[2 * i + 1], s));
+        }
+        CK(cudaStreamSynchronize(s));
+        std::vector<float> tg(greps);
+        for (int i = 0; i < greps; ++i) CK(cudaEventElapsedTime(&tg[i], ev[2 * i], ev[2 * i + 1]));
+        const double graph_us = median(tg) * 1e3 / kGraphRuns;
+        CK(cudaGraphExecDestroy(exec));
+        CK(cudaGraphDestroy(graph));
+        std::printf("%6d %8d %7d %10.1f %10.1f %9.3f %9.1f %9.3f\n", B, L, kernel->num_chunks(B), med_us, min_us, tbs,
+                    graph_us, kv_bytes / (graph_us * 1e-6) / 1e12);
+        char line[512];
+        std::snprintf(line, sizeof line,
+                      "%s    {\"batch\": %d, \"seq_len\": %d, \"chunks\": %d, \"kv_bytes\": %.0f, "
+                      "\"median_us\": %.2f, \"min_us\": %.2f, \"tb_s\": %.4f, \"graph_us\": %.2f, \"graph_tb_s\": %.4f, "
+                      "\"rotating_buffers\": %d}",
+                      first ? "" : ",\n", B, L, kernel->num_chunks(B), kv_bytes, med_us, min_us, tbs, graph_us,
+                      kv_bytes / (graph_us * 1e-6) / 1e12, nrot);
+        json += line;
+        first = false;
+
+        for (auto& e : ev) CK(cudaEventDestroy(e));
+        CK(cudaStreamDestroy(s));
+        kernel.reset();
+        for (int r = 0; r < nrot; ++r) {
+            CK(cudaFree(ks[r]));
+            CK(cudaFree(vs[r]));
+        }
+        for (void* p : {(void*)d_indptr, (void*)d_indices, (void*)d_last, (void*)dq, (void*)dout, (void*)dlse})
+            CK(cudaFree(p));
+    }
+    json += "\n  ]\n}\n";
+    if (!json_path.empty()) {
+        FILE* f = std::fopen(json_path.c_str(), "w");
+        if (f) {
+            std::fputs(json.c_str(), f);
+            std::fclose(f);
+        }
+    }
+    return 0;
+}
