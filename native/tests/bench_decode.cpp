@@ -60,7 +60,9 @@ int main(int argc, char** argv) {
     else isas = {!std::strcmp(isa_arg, "avx512") ? Isa::avx512 : !std::strcmp(isa_arg, "avx2") ? Isa::avx2 : Isa::scalar};
 
     std::mt19937_64 rng(42);
-    for (int ps : {16, 64}) {
+    std::vector<int> page_sizes = {16, 64};
+    if (const char* e = std::getenv("BENCH_PAGE")) page_sizes = {std::atoi(e)};
+    for (int ps : page_sizes) {
         std::vector<int> lens = {16384, 65536};
         if (const char* e = std::getenv("BENCH_LEN")) lens = {std::atoi(e)};  // e.g. 512 with BENCH_HOT=1: L2-resident
         for (int len : lens) {

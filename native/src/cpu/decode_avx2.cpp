@@ -14,6 +14,8 @@ struct Avx2Ops {
     static constexpr int kRegs = 16;
     static constexpr int kPrefetchBlocks = 4;  // look-ahead, in blocks of W keys (32 keys)
     static constexpr int kPrefetchLocality = 1;  // __builtin_prefetch locality (1: prefetcht2)
+    static constexpr int kTriggerBlocks = 16;  // streamer triggers, in blocks of W keys (16*W = 128 keys)
+    static constexpr int kTriggerLines = 4;   // lines per run of rows
     using V = __m256;
     static inline V zero() { return _mm256_setzero_ps(); }
     static inline V set1(float x) { return _mm256_set1_ps(x); }

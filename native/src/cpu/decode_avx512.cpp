@@ -19,6 +19,8 @@ struct Avx512Ops {
     static constexpr int kRegs = 32;
     static constexpr int kPrefetchBlocks = 2;  // look-ahead, in blocks of W keys (32 keys)
     static constexpr int kPrefetchLocality = 1;  // __builtin_prefetch locality (1: prefetcht2)
+    static constexpr int kTriggerBlocks = 8;  // streamer triggers, in blocks of W keys (8*W = 128 keys)
+    static constexpr int kTriggerLines = 4;   // lines per run of rows
     using V = __m512;
     static inline V zero() { return _mm512_setzero_ps(); }
     static inline V set1(float x) { return _mm512_set1_ps(x); }

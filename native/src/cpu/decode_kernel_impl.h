@@ -11,7 +11,10 @@
 //   V phase: for each W-float slice of head_dim, the group tile's accumulators stay in registers
 //            while the block's V rows are streamed.
 // Rows Ops::kPrefetchBlocks blocks ahead are software-prefetched (pages are scattered), one
-// burst of line prefetches per block.
+// burst of line prefetches per block. Further ahead (Ops::kTriggerBlocks), only the first
+// Ops::kTriggerLines lines of each contiguous run of K and V rows are prefetched: a few line-fill
+// buffers start the L2 hardware streamer on that run early, so the later burst mostly hits L2
+// instead of holding every fill buffer for a full DRAM latency (measured +7-13% from DRAM).
 #pragma once
 
 #include <algorithm>
@@ -52,8 +55,9 @@ struct ChunkKernel {
     }
 
     // Prefetches the rows of the next block of the look-ahead cursor (K and V).
+    // max_bytes: prefetch at most that many bytes of each contiguous run of rows.
     static inline void prefetch_block(Cursor& c, int32_t page_size, int64_t page_stride, int64_t row_bytes,
-                                      const char* kb, const char* vb) {
+                                      const char* kb, const char* vb, int64_t max_bytes = INT64_MAX) {
         if (c.left <= 0) return;
         const int n = c.left < W ? int(c.left) : W;
         // Rows inside one page are contiguous: prefetch runs of lines.
@@ -61,7 +65,7 @@ struct ChunkKernel {
         while (j < n) {
             const int run = std::min<int64_t>(n - j, page_size - c.slot);
             const int64_t start = int64_t(*c.page) * page_stride + int64_t(c.slot) * row_bytes;
-            const int64_t bytes = int64_t(run) * row_bytes;
+            const int64_t bytes = std::min<int64_t>(max_bytes, int64_t(run) * row_bytes);
             for (int64_t b = 0; b < bytes; b += 64) {
                 __builtin_prefetch(kb + start + b, 0, Ops::kPrefetchLocality);
                 __builtin_prefetch(vb + start + b, 0, Ops::kPrefetchLocality);
@@ -265,9 +269,21 @@ struct ChunkKernel {
             for (int b = 0; b + 1 < kPrefetchBlocks; ++b)
                 prefetch_block(pf, ch.page_size, ch.page_stride_bytes, row_bytes, ch.k_base, ch.v_base);
         }
+        // Streamer triggers: first lines of each run, kTriggerBlocks blocks ahead.
+        constexpr int kTriggerBlocks = Ops::kTriggerBlocks;
+        constexpr int64_t kTriggerBytes = int64_t(Ops::kTriggerLines) * 64;
+        Cursor tr{ch.pages, 0, ch.num_tokens};
+        if constexpr (kTriggerBlocks > 0) {
+            int64_t tmp[kDecodeMaxLanes];
+            next_block(tr, ch.page_size, ch.page_stride_bytes, row_bytes, tmp);
+            for (int b = 0; b + 1 < kTriggerBlocks; ++b)
+                prefetch_block(tr, ch.page_size, ch.page_stride_bytes, row_bytes, ch.k_base, ch.v_base, kTriggerBytes);
+        }
         int64_t* off = s.off;
         while (cur.left > 0) {
             const int n = next_block(cur, ch.page_size, ch.page_stride_bytes, row_bytes, off);
+            if constexpr (kTriggerBlocks > 0)
+                prefetch_block(tr, ch.page_size, ch.page_stride_bytes, row_bytes, ch.k_base, ch.v_base, kTriggerBytes);
             // Rows kPrefetchBlocks blocks ahead, issued as one burst per block (measured better
             // than spreading them over the K phase, and than 128-byte strides).
             if constexpr (kPrefetchBlocks > 0)

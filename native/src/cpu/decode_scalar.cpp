@@ -38,6 +38,8 @@ struct ScalarOps {
     static constexpr int kRegs = 16;
     static constexpr int kPrefetchBlocks = 32;  // look-ahead, in keys
     static constexpr int kPrefetchLocality = 3;  // __builtin_prefetch locality (1: prefetcht2)
+    static constexpr int kTriggerBlocks = 0;  // no streamer triggers (the prefetch above covers it)
+    static constexpr int kTriggerLines = 0;
     using V = float;
     static inline V zero() { return 0.f; }
     static inline V set1(float x) { return x; }
