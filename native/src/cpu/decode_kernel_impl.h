@@ -169,27 +169,26 @@ struct ChunkKernel {
     static inline void vphase(const char* vb, const int64_t* off, int n, const float* p,
                               const float* alpha, float* o, int hd) {
         if constexpr (HD != 0) {
-            // Two W-slices of head_dim per pass: each broadcast p feeds 2 * GN FMAs.
-            for (int c = 0; c < HD / W; c += 2) {
-                V a0[GN], a1[GN];
+            // CS W-slices of head_dim per pass (CS * GN accumulators in registers): each broadcast
+            // p feeds CS * GN FMAs and CS * GN independent chains hide the FMA latency.
+            constexpr int CS = (4 * GN + 4 + 4 <= Ops::kRegs && (HD / W) % 4 == 0) ? 4 : 2;
+            for (int c = 0; c < HD / W; c += CS) {
+                V a[CS][GN];
                 for (int g = 0; g < GN; ++g) {
                     const V al = Ops::set1(alpha[g]);
-                    a0[g] = Ops::mul(Ops::load(o + g * HD + c * W), al);
-                    a1[g] = Ops::mul(Ops::load(o + g * HD + (c + 1) * W), al);
+                    for (int t = 0; t < CS; ++t) a[t][g] = Ops::mul(Ops::load(o + g * HD + (c + t) * W), al);
                 }
                 for (int j = 0; j < n; ++j) {
-                    V v0, v1;
-                    load2(reinterpret_cast<const KvT*>(vb + off[j]), c, v0, v1);
+                    V v[CS];
+                    const KvT* row = reinterpret_cast<const KvT*>(vb + off[j]);
+                    for (int t = 0; t < CS; t += 2) load2(row, c + t, v[t], v[t + 1]);
                     for (int g = 0; g < GN; ++g) {
                         const V pb = Ops::set1(p[g * W + j]);
-                        a0[g] = Ops::fma(pb, v0, a0[g]);
-                        a1[g] = Ops::fma(pb, v1, a1[g]);
+                        for (int t = 0; t < CS; ++t) a[t][g] = Ops::fma(pb, v[t], a[t][g]);
                     }
                 }
-                for (int g = 0; g < GN; ++g) {
-                    Ops::store(o + g * HD + c * W, a0[g]);
-                    Ops::store(o + g * HD + (c + 1) * W, a1[g]);
-                }
+                for (int g = 0; g < GN; ++g)
+                    for (int t = 0; t < CS; ++t) Ops::store(o + g * HD + (c + t) * W, a[t][g]);
             }
             return;
         }
