@@ -1,8 +1,9 @@
 // The access-pattern roofline of paged decode: reads K and V exactly as the decode kernel walks
 // them (one task per KV head, HND pages in shuffled order, K and V chunks of each page in turn,
-// software prefetch `pf` pages ahead), but with only a vector add per line. What this reaches is
-// the most any decode kernel with this access pattern can stream; compare it with the
-// STREAM-like read bandwidth printed alongside.
+// optionally software prefetch `pf` pages ahead as the decode kernel does), but with only a vector
+// add per line: the most a decode kernel with this access pattern can stream. Runs with hardware
+// prefetch alone and with the software prefetch; compare both with the STREAM-like read bandwidth
+// printed alongside.
 //   bench_kv_access [threads=2] [page_size=16] [prefetch_pages=2]
 #include <immintrin.h>
 #include <omp.h>
@@ -70,19 +71,22 @@ int main(int argc, char** argv) {
         std::shuffle(kv.pages.begin(), kv.pages.end(), rng);
     }
     const double read_bw = attn4j::cpu::measure_read_bandwidth(int64_t(1) << 30, 5, threads);
-    std::vector<double> times;
-    volatile float sink = 0;
-    for (int run = 0; run < 48; ++run) {
-        const Kv& kv = bufs[run % nbuf];
-        const auto t0 = std::chrono::steady_clock::now();
+    for (int prefetch : {0, pf}) {
+        std::vector<double> times;
+        volatile float sink = 0;
+        for (int run = 0; run < 48; ++run) {
+            const Kv& kv = bufs[run % nbuf];
+            const auto t0 = std::chrono::steady_clock::now();
 #pragma omp parallel for num_threads(threads) schedule(static)
-        for (int h = 0; h < heads; ++h) sink = sink + walk(kv, h, num_pages, page_bytes, chunk, pf);
-        times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+            for (int h = 0; h < heads; ++h) sink = sink + walk(kv, h, num_pages, page_bytes, chunk, prefetch);
+            times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        }
+        std::sort(times.begin(), times.end());
+        const double gbps = 2.0 * bytes / times[times.size() / 2] / 1e9;
+        std::printf("threads=%d page=%d software prefetch=%d pages: %.2f GB/s = %.0f%% of read bandwidth %.2f GB/s\n",
+                    threads, page_size, prefetch, gbps, 100 * gbps / read_bw, read_bw);
+        if (pf == 0) break;
     }
-    std::sort(times.begin(), times.end());
-    const double gbps = 2.0 * bytes / times[times.size() / 2] / 1e9;
-    std::printf("threads=%d page=%d prefetch=%d pages: %.2f GB/s = %.0f%% of read bandwidth %.2f GB/s\n",
-                threads, page_size, pf, gbps, 100 * gbps / read_bw, read_bw);
     for (Kv& kv : bufs) {
         std::free(kv.k);
         std::free(kv.v);
