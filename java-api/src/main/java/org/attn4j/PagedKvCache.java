@@ -284,17 +284,57 @@ public final class PagedKvCache implements AutoCloseable {
      * Grows each {@code seqs[i]} by {@code counts[i]} tokens, taking pages as needed, all or
      * nothing: if the pages do not suffice, nothing changes and an {@link Status#OUT_OF_MEMORY}
      * exception is thrown. The returned reservation is then filled layer by layer with
-     * {@link #write}; {@link #rollback} undoes it if writing fails.
+     * {@link #write}; {@link #rollback} undoes it if writing fails. Allocates a new reservation;
+     * steady-state decode loops use {@link #reserve(int[], int[], Reservation)} instead.
      */
     public Reservation reserve(int[] seqs, int[] counts) {
+        checkSeqCounts(seqs, counts);
+        int pages = 0;
+        for (int i = 0; i < seqs.length; i++) {
+            Sequence s = sequenceAt(seqs, i);
+            pages += Math.max(s.pageCount, pagesFor(s.length + Math.max(counts[i], 0)));
+        }
+        Reservation r = newReservation(seqs.length, pages);
+        reserve(seqs, counts, r);
+        return r;
+    }
+
+    /**
+     * An empty, reusable reservation with room for {@code maxBatch} sequences holding up to
+     * {@code maxPages} pages in total (after the growth). Its native buffers are freed by the
+     * garbage collector once it is unreachable.
+     */
+    public Reservation newReservation(int maxBatch, int maxPages) {
         checkOpen();
-        if (seqs == null || counts == null || seqs.length != counts.length || seqs.length == 0) {
-            throw Attn4jException.invalid("seqs, counts: need two non-empty arrays of equal length, got "
-                    + (seqs == null ? "null" : seqs.length) + " and " + (counts == null ? "null" : counts.length));
+        if (maxBatch < 1) {
+            throw Attn4jException.invalid("maxBatch: must be >= 1, got " + maxBatch);
+        }
+        if (maxPages < 1) {
+            throw Attn4jException.invalid("maxPages: must be >= 1, got " + maxPages);
+        }
+        return new Reservation(this, Arena.ofAuto(), maxBatch, maxPages);
+    }
+
+    /**
+     * As {@link #reserve(int[], int[])}, but fills {@code into} (made by
+     * {@link #newReservation}) instead of allocating: a decode step of reserve, write and run
+     * then creates no garbage. {@code into} must not be pending: write or roll back the previous
+     * use first (a reservation is only a record; reusing it does not undo anything).
+     */
+    public Reservation reserve(int[] seqs, int[] counts, Reservation into) {
+        checkOpen();
+        checkSeqCounts(seqs, counts);
+        if (into == null || into.cache != this) {
+            throw Attn4jException.invalid("into: " + (into == null ? "null" : "made by another cache"));
+        }
+        if (seqs.length > into.seqs.length) {
+            throw Attn4jException.invalid("seqs: " + seqs.length + " sequences exceed the reservation's maxBatch "
+                    + into.seqs.length);
         }
         long needed = 0;
+        long pagesAfter = 0;
         for (int i = 0; i < seqs.length; i++) {
-            Sequence s = sequence(seqs[i], "seqs[" + i + "]");
+            Sequence s = sequenceAt(seqs, i);
             for (int j = 0; j < i; j++) {
                 if (seqs[j] == seqs[i]) {
                     throw Attn4jException.invalid("seqs[" + i + "]: sequence " + seqs[i] + " appears twice");
@@ -307,20 +347,25 @@ public final class PagedKvCache implements AutoCloseable {
                 throw Attn4jException.invalid("counts[" + i + "]: sequence " + seqs[i]
                         + " is empty and would stay empty (kernels reject empty sequences)");
             }
-            needed += pagesFor(s.length + counts[i]) - s.pageCount;
+            int target = pagesFor(s.length + counts[i]);
+            needed += target - s.pageCount;
+            pagesAfter += target;
+        }
+        if (pagesAfter > into.table.maxPages()) {
+            throw Attn4jException.invalid("into: room for " + into.table.maxPages() + " page ids, the batch needs "
+                    + pagesAfter);
         }
         if (needed > freeTop) {
             throw new Attn4jException(Status.OUT_OF_MEMORY, "cache: out of pages: the reservation needs " + needed
                     + " pages, " + freeTop + " of " + numPages + " are free");
         }
-        int[] oldPageCounts = new int[seqs.length];
-        long[] oldLengths = new long[seqs.length];
-        int[] appendIndptr = new int[seqs.length + 1];
-        int totalPages = 0;
+        int total = 0;
+        into.indptr.setAtIndex(ValueLayout.JAVA_INT, 0, 0);
         for (int i = 0; i < seqs.length; i++) {
             Sequence s = sequences[seqs[i]];
-            oldPageCounts[i] = s.pageCount;
-            oldLengths[i] = s.length;
+            into.seqs[i] = seqs[i];
+            into.oldPageCounts[i] = s.pageCount;
+            into.oldLengths[i] = s.length;
             s.length += counts[i];
             int target = pagesFor(s.length);
             if (s.pages.length < target) {
@@ -329,18 +374,23 @@ public final class PagedKvCache implements AutoCloseable {
             while (s.pageCount < target) {
                 s.pages[s.pageCount++] = takePage();
             }
-            appendIndptr[i + 1] = Math.addExact(appendIndptr[i], counts[i]);
-            totalPages += s.pageCount;
+            total = Math.addExact(total, counts[i]);
+            into.indptr.setAtIndex(ValueLayout.JAVA_INT, i + 1, total);
         }
-        Arena tableArena = Arena.ofAuto();
-        PageTable table = PageTable.allocate(tableArena, seqs.length, totalPages);
-        fillPageTable(table, seqs);
-        MemorySegment indptrSeg = tableArena.allocate(ValueLayout.JAVA_INT, appendIndptr.length);
-        MemorySegment.copy(appendIndptr, 0, indptrSeg, ValueLayout.JAVA_INT, 0, appendIndptr.length);
-        MemorySegment indptrDesc = attn4j_tensor.allocate(tableArena);
-        NativeTensor.fillInts(indptrDesc, indptrSeg, appendIndptr.length);
-        return new Reservation(this, generation, seqs.clone(), oldPageCounts, oldLengths, table, indptrDesc,
-                appendIndptr[seqs.length]);
+        into.batch = seqs.length;
+        into.totalTokens = total;
+        into.generation = generation;
+        into.rolledBack = false;
+        fillPageTable(into.table, seqs);
+        NativeTensor.fillInts(into.appendIndptrDesc, into.indptr, seqs.length + 1L);
+        return into;
+    }
+
+    private static void checkSeqCounts(int[] seqs, int[] counts) {
+        if (seqs == null || counts == null || seqs.length != counts.length || seqs.length == 0) {
+            throw Attn4jException.invalid("seqs, counts: need two non-empty arrays of equal length, got "
+                    + (seqs == null ? "null" : seqs.length) + " and " + (counts == null ? "null" : counts.length));
+        }
     }
 
     /**
@@ -372,7 +422,7 @@ public final class PagedKvCache implements AutoCloseable {
             throw Attn4jException.invalid("reservation: " + (r == null ? "null" : r.rolledBack
                     ? "already rolled back" : "made by another cache"));
         }
-        for (int i = r.seqs.length - 1; i >= 0; i--) {
+        for (int i = r.batch - 1; i >= 0; i--) {
             Sequence s = sequences[r.seqs[i]];
             if (s == null) {
                 continue;
@@ -411,7 +461,7 @@ public final class PagedKvCache implements AutoCloseable {
     public PageTable pageTable(int... seqs) {
         int pages = 0;
         for (int i = 0; i < seqs.length; i++) {
-            pages += sequence(seqs[i], "seqs[" + i + "]").pageCount;
+            pages += sequenceAt(seqs, i).pageCount;
         }
         PageTable t = PageTable.allocate(Arena.ofAuto(), Math.max(seqs.length, 1), pages);
         fillPageTable(t, seqs);
@@ -434,7 +484,7 @@ public final class PagedKvCache implements AutoCloseable {
         int nnz = 0;
         indptr.setAtIndex(ValueLayout.JAVA_INT, 0, 0);
         for (int i = 0; i < seqs.length; i++) {
-            Sequence s = sequence(seqs[i], "seqs[" + i + "]");
+            Sequence s = sequenceAt(seqs, i);
             if (nnz + s.pageCount > table.maxPages()) {
                 throw Attn4jException.invalid("table: room for " + table.maxPages() + " page ids, the batch needs more");
             }
@@ -487,6 +537,15 @@ public final class PagedKvCache implements AutoCloseable {
         }
     }
 
+    /** {@code seqs[i]}'s sequence; the error message is built only on failure (hot path). */
+    private Sequence sequenceAt(int[] seqs, int i) {
+        int seq = seqs[i];
+        if (seq >= 0 && seq < sequences.length && sequences[seq] != null && arena.scope().isAlive()) {
+            return sequences[seq];
+        }
+        return sequence(seq, "seqs[" + i + "]");
+    }
+
     private Sequence sequence(int seq, String name) {
         checkOpen();
         if (seq < 0 || seq >= sequences.length || sequences[seq] == null) {
@@ -513,28 +572,31 @@ public final class PagedKvCache implements AutoCloseable {
         generation++;
     }
 
-    /** Positions handed out by {@link #reserve}, to be written per layer. */
+    /**
+     * Positions handed out by {@link #reserve}, to be written per layer. Reusable: pass it back
+     * to {@link #reserve(int[], int[], Reservation)} for the next step.
+     */
     public static final class Reservation {
         private final PagedKvCache cache;
-        private final int generation;
         private final int[] seqs;
         private final int[] oldPageCounts;
         private final long[] oldLengths;
+        private final MemorySegment indptr;
         private final PageTable table;
         private final MemorySegment appendIndptrDesc;
-        private final int totalTokens;
-        private boolean rolledBack;
+        private int batch;
+        private int generation;
+        private int totalTokens;
+        private boolean rolledBack = true;
 
-        private Reservation(PagedKvCache cache, int generation, int[] seqs, int[] oldPageCounts, long[] oldLengths,
-                PageTable table, MemorySegment appendIndptrDesc, int totalTokens) {
+        private Reservation(PagedKvCache cache, Arena arena, int maxBatch, int maxPages) {
             this.cache = cache;
-            this.generation = generation;
-            this.seqs = seqs;
-            this.oldPageCounts = oldPageCounts;
-            this.oldLengths = oldLengths;
-            this.table = table;
-            this.appendIndptrDesc = appendIndptrDesc;
-            this.totalTokens = totalTokens;
+            this.seqs = new int[maxBatch];
+            this.oldPageCounts = new int[maxBatch];
+            this.oldLengths = new long[maxBatch];
+            this.indptr = arena.allocate(ValueLayout.JAVA_INT, maxBatch + 1L);
+            this.table = PageTable.allocate(arena, maxBatch, maxPages);
+            this.appendIndptrDesc = attn4j_tensor.allocate(arena);
         }
 
         /** The batch's page table after the reservation (usable for attention right away). */
