@@ -294,7 +294,8 @@ public final class PagedKvCache implements AutoCloseable {
             Sequence s = sequenceAt(seqs, i);
             pages += Math.max(s.pageCount, pagesFor(s.length + Math.max(counts[i], 0)));
         }
-        Reservation r = newReservation(seqs.length, pages);
+        // Sized for the growth; the arguments themselves are checked by the reserve below.
+        Reservation r = newReservation(seqs.length, Math.max(pages, 1));
         reserve(seqs, counts, r);
         return r;
     }
