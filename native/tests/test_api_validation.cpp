@@ -532,13 +532,20 @@ int main() {
             expect("cuda message names device", ATTN4J_ERR_DEVICE, ATTN4J_ERR_DEVICE, "cuda:0");
             CHECK(c == nullptr);
         } else {
-            std::printf("note: %d CUDA device(s) present: checking plan creation is UNSUPPORTED\n", n);
+            std::printf("note: %d CUDA device(s) present: checking what CUDA plans do not support "
+                        "(test_cuda_api covers CUDA decode)\n", n);
             b = o;
             b.device_type = ATTN4J_DEVICE_CUDA;
             CHECK(attn4j_context_create(&b, &c) == ATTN4J_OK);
             AD d = Fixture::desc(false);
             attn4j_plan* p = nullptr;
-            expect("cuda plan", attn4j_decode_plan_create(c, &d, &p), UNS, "CUDA kernels arrive in a later release");
+            expect("cuda prefill plan", attn4j_prefill_plan_create(c, &d, &p), UNS,
+                   "prefill plan on CUDA device 0 is not implemented");
+            AD d80 = d;
+            d80.head_dim = 80;
+            expect("cuda decode head_dim 80", attn4j_decode_plan_create(c, &d80, &p), UNS,
+                   "CUDA decode supports head_dim 64 or 128");
+            CHECK(p == nullptr);
             attn4j_context_destroy(c);
         }
         expect("device_count type", attn4j_device_count(5, &n), INV, "device_type: 5");

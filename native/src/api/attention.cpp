@@ -5,6 +5,7 @@
 #include <memory>
 #include <string>
 
+#include "api/cuda_decode.h"
 #include "core/dtype.h"
 #include "core/validate.h"
 #include "cpu/decode.h"
@@ -26,7 +27,8 @@ void check_desc_dtype(attn4j_dtype d, const char* field) {
             "), expected F32, F16 or BF16");
 }
 
-attn4j_attention_desc check_desc(const attn4j_attention_desc* desc, bool decode) {
+attn4j_attention_desc check_desc(const attn4j_attention_desc* desc, bool decode,
+                                 attn4j_device_type device) {
     require_non_null(desc, "desc");
     check_struct_size(desc->struct_size, sizeof(attn4j_attention_desc), "desc",
                       "attn4j_attention_desc");
@@ -39,7 +41,7 @@ attn4j_attention_desc check_desc(const attn4j_attention_desc* desc, bool decode)
         invalid("desc.num_qo_heads: " + std::to_string(d.num_qo_heads) +
                 " is not a multiple of num_kv_heads " + std::to_string(d.num_kv_heads));
     if (d.head_dim <= 0) invalid("desc.head_dim: " + std::to_string(d.head_dim) + ", expected > 0");
-    if (d.head_dim % 16 != 0 || d.head_dim > 256)
+    if (device == ATTN4J_DEVICE_CPU && (d.head_dim % 16 != 0 || d.head_dim > 256))
         fail(ATTN4J_ERR_UNSUPPORTED, "desc.head_dim: " + std::to_string(d.head_dim) +
                                          " is not supported on CPU (a multiple of 16 up to 256)");
     check_desc_dtype(d.q_dtype, "q_dtype");
@@ -63,13 +65,15 @@ attn4j_attention_desc check_desc(const attn4j_attention_desc* desc, bool decode)
 
 attn4j_plan* make_plan(attn4j_context* ctx, const attn4j_attention_desc* desc, bool decode) {
     Context& c = api::context_of(ctx);
-    const attn4j_attention_desc d = check_desc(desc, decode);
-    api::require_cpu_context(c, decode ? "decode plan" : "prefill plan");
+    const attn4j_attention_desc d = check_desc(desc, decode, c.device_type);
+    if (!decode) api::require_cpu_context(c, "prefill plan");
     auto plan = std::make_unique<attn4j_plan>();
     plan->kind = decode ? attn4j_plan::Kind::decode : attn4j_plan::Kind::prefill;
     plan->ctx = ctx->state;
     plan->desc = d;
-    if (decode)
+    if (c.device_type == ATTN4J_DEVICE_CUDA)
+        plan->cuda_decode = make_cuda_decode_plan(d, c.device_id);
+    else if (decode)
         plan->decode = cpu::make_decode_kernel(d, c.num_threads);
     else
         plan->prefill = cpu::make_prefill_kernel(d, c.num_threads);
@@ -83,8 +87,8 @@ attn4j_plan& plan_of(attn4j_plan* plan, attn4j_plan::Kind kind) {
                     ? "plan: is a prefill plan; decode runs need a plan from attn4j_decode_plan_create"
                     : "plan: is a decode plan; prefill runs need a plan from "
                       "attn4j_prefill_plan_create");
-    if (plan->ctx->device_type != ATTN4J_DEVICE_CPU)
-        fail(ATTN4J_ERR_UNSUPPORTED, "plan: CUDA kernels arrive in a later release");
+    if (plan->ctx->device_type != ATTN4J_DEVICE_CPU && !plan->cuda_decode)
+        fail(ATTN4J_ERR_INTERNAL, "plan: CUDA plan without a CUDA kernel (please report)");
     return *plan;
 }
 
@@ -121,7 +125,10 @@ PagedKvView check_cache_for_plan(const attn4j_paged_kv* cache, const attn4j_atte
     if (cache->device_type != c.device_type || cache->device_id != c.device_id)
         invalid(S("cache: device ") + device_name(cache->device_type) + ":" +
                 std::to_string(cache->device_id) + " but plan runs on " + device_name(c.device_type) +
-                ":" + std::to_string(c.device_id));
+                ":" + std::to_string(c.device_id) +
+                (c.device_type == ATTN4J_DEVICE_CUDA
+                     ? "; the pages must be in device memory of the plan's GPU (cudaMalloc)"
+                     : "; CPU plans read pages from host memory"));
     if (kv.dtype != d.kv_dtype)
         invalid(S("cache: dtype ") + dtype_name(kv.dtype) + " does not match plan kv_dtype " +
                 dtype_name(d.kv_dtype));
@@ -202,8 +209,18 @@ attn4j_status attn4j_decode_run(attn4j_plan* plan, const attn4j_tensor* q,
         attn4j_plan& p = plan_of(plan, attn4j_plan::Kind::decode);
         const attn4j_attention_desc& d = p.desc;
         const Context& c = *p.ctx;
+        const bool on_cuda = c.device_type == ATTN4J_DEVICE_CUDA;
         const PagedKvView kv = check_cache_for_plan(cache, d, c);
-        const PageTableView tv = check_page_table(table, kv);
+        // CPU: the table is read here. CUDA: only its tensors are checked here; the contents
+        // are copied back and checked in cuda_decode_run, after every other argument.
+        PageTableView tv;
+        PageTableDims td;
+        if (on_cuda) {
+            td = check_page_table_tensors(table, c.device_type, c.device_id, "plan");
+            tv.batch = int32_t(td.batch);
+        } else {
+            tv = check_page_table(table, kv);
+        }
         check_batch(tv.batch, d, "table");
         const attn4j_tensor& tq = check_rows_heads(q, "q", tv.batch, "table batch", d.num_qo_heads,
                                                    "plan num_qo_heads", d.head_dim, d.q_dtype,
@@ -212,8 +229,10 @@ attn4j_status attn4j_decode_run(attn4j_plan* plan, const attn4j_tensor* q,
                                                    d.num_qo_heads, "plan num_qo_heads", d.head_dim,
                                                    d.out_dtype, "plan out_dtype", c);
         check_lse(lse, tv.batch, "table batch", d.num_qo_heads, c);
-        check_finite(tq, "q", c.num_threads);
-        // The KV cache is not scanned per call: append rejects non-finite values on write.
+        // CUDA: q stays on the device and is not scanned for NaN / Inf (a non-finite q gives a
+        // non-finite output row). The KV cache is not scanned per call on either device: append
+        // rejects non-finite values on write.
+        if (!on_cuda) check_finite(tq, "q", c.num_threads);
 
         DecodeArgs a;
         a.shape = shape_of(d);
@@ -222,7 +241,10 @@ attn4j_status attn4j_decode_run(attn4j_plan* plan, const attn4j_tensor* q,
         a.lse = lse_view(lse);
         a.kv = kv;
         a.table = tv;
-        p.decode->run(a);
+        if (on_cuda)
+            cuda_decode_run(*p.cuda_decode, a, *table, td);
+        else
+            p.decode->run(a);
     });
 }
 

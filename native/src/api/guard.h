@@ -52,12 +52,13 @@ inline Context& context_of(attn4j_context* ctx, const char* name = "ctx") {
     return *ctx->state;
 }
 
-// Contexts whose device has no kernels yet (CUDA in this release).
+// Operations with no CUDA kernel yet (everything but decode in this release).
 inline void require_cpu_context(const Context& c, const char* what) {
     if (c.device_type != ATTN4J_DEVICE_CPU)
         fail(ATTN4J_ERR_UNSUPPORTED,
              std::string("ctx: ") + what + " on CUDA device " + std::to_string(c.device_id) +
-                 ": CUDA kernels arrive in a later release");
+                 " is not implemented in this release (only decode plans run on CUDA); use a "
+                 "CPU context");
 }
 
 }  // namespace attn4j::api

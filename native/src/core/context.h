@@ -20,6 +20,13 @@ struct Context {
 // throws.
 int cuda_device_count() noexcept;
 
+// A decode plan on a CUDA context (api/cuda_decode.cpp; defined only in CUDA builds). Opaque
+// here so that this header needs no CUDA headers.
+class CudaDecodePlan;
+struct CudaDecodePlanDeleter {
+    void operator()(CudaDecodePlan* p) const noexcept;
+};
+
 }  // namespace attn4j
 
 struct attn4j_context {
@@ -33,4 +40,5 @@ struct attn4j_plan {
     attn4j_attention_desc desc{};
     std::unique_ptr<attn4j::cpu::DecodeKernel> decode;
     std::unique_ptr<attn4j::cpu::PrefillKernel> prefill;
+    std::unique_ptr<attn4j::CudaDecodePlan, attn4j::CudaDecodePlanDeleter> cuda_decode;
 };

@@ -133,8 +133,11 @@ void expect_dim(const attn4j_tensor& t, const char* name, int dim, int64_t value
 void expect_device(const attn4j_tensor& t, const char* name, attn4j_device_type type, int32_t id,
                    const char* runner) {
     if (t.device_type != type)
-        invalid(fmt("%s: device %s but %s runs on %s", name, device_name(t.device_type), runner,
-                    device_name(type)));
+        invalid(fmt("%s: device %s but %s runs on %s; %s", name, device_name(t.device_type), runner,
+                    device_name(type),
+                    type == ATTN4J_DEVICE_CUDA
+                        ? "copy it to device memory first (cudaMalloc + cudaMemcpy)"
+                        : "copy it to host memory first (CPU plans read host memory)"));
     if (t.device_id != id)
         invalid(fmt("%s: device_id %d but %s runs on %s:%d", name, int(t.device_id), runner,
                     device_name(type), int(id)));
@@ -146,8 +149,9 @@ const int32_t* check_i32_vector(const attn4j_tensor* tp, const char* name, int64
     expect_rank(t, name, 1);
     expect_dtype(t, name, ATTN4J_DTYPE_I32, "the required");
     if (t.device_type != ATTN4J_DEVICE_CPU)
-        invalid(fmt("%s: device %s, expected CPU (index arrays are read on the host)", name,
-                    device_name(t.device_type)));
+        invalid(fmt("%s: device %s, expected CPU (index arrays of CPU operations are read on the "
+                    "host; copy it to host memory first)",
+                    name, device_name(t.device_type)));
     if (t.shape[0] < min_len)
         invalid(fmt("%s: has %" PRId64 " elements, expected at least %" PRId64, name, t.shape[0],
                     min_len));
@@ -301,13 +305,39 @@ PagedKvView check_paged_kv(const attn4j_paged_kv* c, const char* name) {
     return v;
 }
 
-PageTableView check_page_table(const attn4j_page_table* table, const PagedKvView& kv) {
+namespace {
+
+// A rank-1 I32 vector on `type:id` whose contents are not read here (device memory).
+const attn4j_tensor& check_i32_device_vector(const attn4j_tensor* tp, const char* name,
+                                             int64_t min_len, attn4j_device_type type, int32_t id,
+                                             const char* runner) {
+    const attn4j_tensor& t = check_tensor(tp, name);
+    expect_rank(t, name, 1);
+    expect_dtype(t, name, ATTN4J_DTYPE_I32, "the required");
+    expect_device(t, name, type, id, runner);
+    if (t.shape[0] < min_len)
+        invalid(fmt("%s: has %" PRId64 " elements, expected at least %" PRId64, name, t.shape[0],
+                    min_len));
+    return t;
+}
+
+}  // namespace
+
+PageTableDims check_page_table_tensors(const attn4j_page_table* table, attn4j_device_type type,
+                                       int32_t id, const char* runner) {
     require_non_null(table, "table");
     check_struct_size(table->struct_size, sizeof(attn4j_page_table), "table", "attn4j_page_table");
     int64_t n_indptr = 0, n_indices = 0, n_last = 0;
-    const int32_t* indptr = check_i32_vector(&table->indptr, "table.indptr", 1, &n_indptr);
-    const int32_t* indices = check_i32_vector(&table->indices, "table.indices", 0, &n_indices);
-    const int32_t* last = check_i32_vector(&table->last_page_len, "table.last_page_len", 0, &n_last);
+    if (type == ATTN4J_DEVICE_CPU) {
+        check_i32_vector(&table->indptr, "table.indptr", 1, &n_indptr);
+        check_i32_vector(&table->indices, "table.indices", 0, &n_indices);
+        check_i32_vector(&table->last_page_len, "table.last_page_len", 0, &n_last);
+    } else {
+        n_indptr = check_i32_device_vector(&table->indptr, "table.indptr", 1, type, id, runner).shape[0];
+        n_indices = check_i32_device_vector(&table->indices, "table.indices", 0, type, id, runner).shape[0];
+        n_last = check_i32_device_vector(&table->last_page_len, "table.last_page_len", 0, type, id,
+                                         runner).shape[0];
+    }
     if (n_indptr < 2)
         invalid("table.indptr: has 1 element (batch 0), expected batch + 1 >= 2 elements");
     if (n_indptr - 1 > INT32_MAX - 1) invalid("table.indptr: batch exceeds 2^31 - 2");
@@ -316,11 +346,22 @@ PageTableView check_page_table(const attn4j_page_table* table, const PagedKvView
         invalid(fmt("table.last_page_len: has %" PRId64 " elements, expected batch %" PRId64
                     " (table.indptr has %" PRId64 ")",
                     n_last, batch, n_indptr));
-    check_indptr(indptr, batch, "table.indptr");
-    if (indptr[batch] > n_indices)
+    PageTableDims d;
+    d.batch = batch;
+    d.n_indices = n_indices;
+    return d;
+}
+
+void check_page_table_indptr(const int32_t* indptr, const PageTableDims& d) {
+    check_indptr(indptr, d.batch, "table.indptr");
+    if (indptr[d.batch] > d.n_indices)
         invalid(fmt("table.indptr: indptr[%" PRId64 "] is %d but table.indices has only %" PRId64
                     " elements",
-                    batch, indptr[batch], n_indices));
+                    d.batch, indptr[d.batch], d.n_indices));
+}
+
+void check_page_table_pages(const int32_t* indptr, const int32_t* indices, const int32_t* last,
+                            int64_t batch, const PagedKvView& kv) {
     for (int64_t i = 0; i < batch; ++i) {
         if (indptr[i + 1] == indptr[i])
             invalid(fmt("table: sequence %" PRId64 " is empty (no pages); empty sequences are not "
@@ -334,8 +375,17 @@ PageTableView check_page_table(const attn4j_page_table* table, const PagedKvView
         if (indices[j] < 0 || indices[j] >= kv.num_pages)
             invalid(fmt("table.indices[%" PRId64 "]: page id %d out of range [0, %d)", j, indices[j],
                         kv.num_pages));
+}
+
+PageTableView check_page_table(const attn4j_page_table* table, const PagedKvView& kv) {
+    const PageTableDims d = check_page_table_tensors(table, ATTN4J_DEVICE_CPU, 0, "plan");
+    const int32_t* indptr = static_cast<const int32_t*>(table->indptr.data);
+    const int32_t* indices = static_cast<const int32_t*>(table->indices.data);
+    const int32_t* last = static_cast<const int32_t*>(table->last_page_len.data);
+    check_page_table_indptr(indptr, d);
+    check_page_table_pages(indptr, indices, last, d.batch, kv);
     PageTableView v;
-    v.batch = int32_t(batch);
+    v.batch = int32_t(d.batch);
     v.indptr = indptr;
     v.indices = indices;
     v.last_page_len = last;

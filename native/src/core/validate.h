@@ -52,6 +52,22 @@ PagedKvView check_paged_kv(const attn4j_paged_kv* cache, const char* name);
 // Index arrays must be host (CPU) I32 vectors.
 PageTableView check_page_table(const attn4j_page_table* table, const PagedKvView& kv);
 
+// check_page_table in three steps, for tables whose contents live in device memory:
+//  1. the three tensors (struct, rank-1 I32, on `type:id`, lengths consistent); reads no
+//     contents. For type CPU the messages are those of check_page_table.
+//  2. indptr contents (host copy of [batch + 1]): starts at 0, non-decreasing, within indices.
+//  3. pages (host copies of last_page_len [batch] and indices [indptr[batch]]): no empty sequence,
+//     last_page_len in [1, page_size], page ids in [0, num_pages).
+struct PageTableDims {
+    int64_t batch = 0;
+    int64_t n_indices = 0;
+};
+PageTableDims check_page_table_tensors(const attn4j_page_table* table, attn4j_device_type type,
+                                       int32_t id, const char* runner);
+void check_page_table_indptr(const int32_t* indptr, const PageTableDims& d);
+void check_page_table_pages(const int32_t* indptr, const int32_t* indices, const int32_t* last,
+                            int64_t batch, const PagedKvView& kv);
+
 std::string shape_string(const attn4j_tensor& t);
 
 }  // namespace attn4j

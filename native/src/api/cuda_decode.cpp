@@ -1,0 +1,254 @@
+// Decode plans on a CUDA context (see cuda_decode.h).
+//
+// This version's run validates the page table on the host: indptr, last_page_len and the used
+// part of indices are copied (cudaMemcpy, synchronous) into a pinned buffer owned by the plan and
+// checked exactly as on CPU before the kernel is launched, so a bad page id is a status and never
+// an illegal memory access (which would poison the whole CUDA context). The price is one
+// synchronization per run, which also makes the run impossible to capture in a CUDA graph; a
+// capture-safe unchecked mode comes with streams (docs/DESIGN-NOTES.md, GPU).
+#include "api/guard.h"
+
+#include "api/cuda_decode.h"
+
+#include <algorithm>
+#include <cinttypes>
+#include <cstdio>
+#include <string>
+
+#include "core/dtype.h"
+#include "core/error.h"
+
+#ifdef ATTN4J_HAVE_CUDA
+#include <cuda_runtime.h>
+
+#include "cuda/decode.cuh"
+#endif
+
+namespace attn4j {
+
+#ifndef ATTN4J_HAVE_CUDA
+
+class CudaDecodePlan {};
+void CudaDecodePlanDeleter::operator()(CudaDecodePlan* p) const noexcept { delete p; }
+
+CudaDecodePlanPtr make_cuda_decode_plan(const attn4j_attention_desc&, int device_id) {
+    fail(ATTN4J_ERR_UNSUPPORTED, "ctx: decode plan on CUDA device " + std::to_string(device_id) +
+                                     ": this library was built without CUDA");
+}
+
+void cuda_decode_run(CudaDecodePlan&, DecodeArgs&, const attn4j_page_table&, const PageTableDims&) {
+    fail(ATTN4J_ERR_UNSUPPORTED, "plan: this library was built without CUDA");
+}
+
+#else
+
+namespace {
+
+using S = std::string;
+
+std::string cuda_msg(cudaError_t e) {
+    return S(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e);
+}
+
+// CUDA failure -> ATTN4J_ERR_DEVICE (OUT_OF_MEMORY for allocations). Clears a non-sticky error
+// so that the context stays usable; a sticky one (e.g. an earlier illegal address) stays, and
+// every later call reports it.
+[[noreturn]] void cuda_fail(cudaError_t e, const std::string& what) {
+    (void)cudaGetLastError();
+    fail(e == cudaErrorMemoryAllocation ? ATTN4J_ERR_OUT_OF_MEMORY : ATTN4J_ERR_DEVICE,
+         what + ": " + cuda_msg(e));
+}
+
+// Makes `device` current for the scope and restores the previous one.
+class DeviceScope {
+public:
+    explicit DeviceScope(int device) {
+        cudaError_t e = cudaGetDevice(&prev_);
+        if (e != cudaSuccess) cuda_fail(e, "cudaGetDevice");
+        if (prev_ != device) {
+            e = cudaSetDevice(device);
+            if (e != cudaSuccess) cuda_fail(e, "cudaSetDevice(" + std::to_string(device) + ")");
+            restore_ = true;
+        }
+    }
+    ~DeviceScope() {
+        if (restore_) (void)cudaSetDevice(prev_);
+    }
+    DeviceScope(const DeviceScope&) = delete;
+    DeviceScope& operator=(const DeviceScope&) = delete;
+
+private:
+    int prev_ = 0;
+    bool restore_ = false;
+};
+
+// Pinned host buffer of int32 that grows on demand.
+class PinnedI32 {
+public:
+    ~PinnedI32() {
+        if (p_) (void)cudaFreeHost(p_);
+    }
+    int32_t* reserve(int64_t n, const char* what) {
+        if (n <= cap_) return p_;
+        const int64_t cap = std::max<int64_t>(n, cap_ * 2);
+        void* q = nullptr;
+        const cudaError_t e = cudaMallocHost(&q, size_t(cap) * sizeof(int32_t));
+        if (e != cudaSuccess)
+            cuda_fail(e, S("plan: pinned host buffer for ") + what + " (" +
+                             std::to_string(cap * 4) + " bytes)");
+        if (p_) (void)cudaFreeHost(p_);
+        p_ = static_cast<int32_t*>(q);
+        cap_ = cap;
+        return p_;
+    }
+
+private:
+    int32_t* p_ = nullptr;
+    int64_t cap_ = 0;
+};
+
+// A buffer handed to a CUDA plan must be device-accessible memory of the plan's GPU.
+void check_device_pointer(const void* ptr, const char* name, int device) {
+    if (!ptr) return;
+    cudaPointerAttributes at{};
+    const cudaError_t e = cudaPointerGetAttributes(&at, ptr);
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%p", ptr);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        invalid(S(name) + ": pointer " + buf + " is not CUDA memory (cudaPointerGetAttributes: " +
+                cuda_msg(e) + "); pass memory allocated with cudaMalloc on cuda:" +
+                std::to_string(device));
+    }
+    switch (at.type) {
+        case cudaMemoryTypeUnregistered:
+            invalid(S(name) + ": pointer " + buf +
+                    " is plain host memory although the tensor says device_type CUDA; copy it "
+                    "to the device first (cudaMalloc + cudaMemcpy)");
+        case cudaMemoryTypeDevice:
+            if (at.device != device)
+                invalid(S(name) + ": pointer " + buf + " is memory of cuda:" +
+                        std::to_string(at.device) + " but the plan runs on cuda:" +
+                        std::to_string(device) + "; copy it to cuda:" + std::to_string(device));
+            return;
+        case cudaMemoryTypeHost:  // pinned host memory: usable by the device when mapped
+            if (!at.devicePointer)
+                invalid(S(name) + ": pointer " + buf +
+                        " is pinned host memory not mapped into the device's address space; "
+                        "copy it to the device first (cudaMalloc + cudaMemcpy)");
+            return;
+        default:  // managed
+            return;
+    }
+}
+
+}  // namespace
+
+class CudaDecodePlan {
+public:
+    CudaDecodePlan(const attn4j_attention_desc& d, int device) : desc_(d), device_(device) {
+        DeviceScope scope(device);
+        kernel_ = cuda::make_decode_kernel(d, device);
+        hdr_.reserve(2 * int64_t(d.max_batch_size) + 1, "the page table");
+        idx_.reserve(int64_t(d.max_batch_size) * 16, "the page table");
+    }
+
+    void run(DecodeArgs& a, const attn4j_page_table& table, const PageTableDims& dims) {
+        DeviceScope scope(device_);
+        // The kernel streams pages with 16-byte cp.async: both page buffers must be 16-aligned
+        // (head_dim is a multiple of 8 elements, so every page and row then is too).
+        const auto aligned16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
+        char buf[64];
+        if (!aligned16(a.kv.k)) {
+            std::snprintf(buf, sizeof buf, "%p", a.kv.k);
+            invalid(S("cache: k_data pointer ") + buf +
+                    " is not aligned to 16 bytes; the CUDA decode kernel reads pages with 16-byte "
+                    "loads (cudaMalloc returns 256-byte aligned memory)");
+        }
+        if (!aligned16(a.kv.v)) {
+            std::snprintf(buf, sizeof buf, "%p", a.kv.v);
+            invalid(S("cache: v_data pointer ") + buf +
+                    " is not aligned to 16 bytes; the CUDA decode kernel reads pages with 16-byte "
+                    "loads (cudaMalloc returns 256-byte aligned memory)");
+        }
+        check_device_pointer(a.q.data, "q", device_);
+        check_device_pointer(a.out.data, "out", device_);
+        check_device_pointer(a.lse.data, "lse", device_);
+        check_device_pointer(a.kv.k, "cache.k_data", device_);
+        check_device_pointer(a.kv.v, "cache.v_data", device_);
+        check_device_pointer(table.indptr.data, "table.indptr", device_);
+        check_device_pointer(table.indices.data, "table.indices", device_);
+        check_device_pointer(table.last_page_len.data, "table.last_page_len", device_);
+
+        // Page table contents: host copies, then the CPU path's checks.
+        const int64_t batch = dims.batch;
+        int32_t* h = hdr_.reserve(2 * batch + 1, "the page table");
+        int32_t* h_indptr = h;
+        int32_t* h_last = h + batch + 1;
+        copy(h_indptr, table.indptr.data, batch + 1, "table.indptr");
+        check_page_table_indptr(h_indptr, dims);
+        copy(h_last, table.last_page_len.data, batch, "table.last_page_len");
+        const int64_t used = h_indptr[batch];
+        int32_t* h_idx = idx_.reserve(std::max<int64_t>(used, 1), "the page table");
+        copy(h_idx, table.indices.data, used, "table.indices");
+        check_page_table_pages(h_indptr, h_idx, h_last, batch, a.kv);
+
+        a.table.batch = int32_t(batch);
+        a.table.indptr = static_cast<const int32_t*>(table.indptr.data);
+        a.table.indices = static_cast<const int32_t*>(table.indices.data);
+        a.table.last_page_len = static_cast<const int32_t*>(table.last_page_len.data);
+        const cudaError_t e = kernel_->run(a, /*legacy default stream*/ nullptr);
+        if (e != cudaSuccess)
+            cuda_fail(e, "attn4j_decode_run: CUDA decode launch on cuda:" + std::to_string(device_) +
+                             " failed");
+    }
+
+private:
+    void copy(int32_t* dst, const void* src, int64_t n, const char* name) {
+        if (n <= 0) return;
+        const cudaError_t e =
+            cudaMemcpy(dst, src, size_t(n) * sizeof(int32_t), cudaMemcpyDeviceToHost);
+        if (e != cudaSuccess)
+            cuda_fail(e, S("attn4j_decode_run: copying ") + name + " (" + std::to_string(n) +
+                             " elements) to the host for validation failed on cuda:" +
+                             std::to_string(device_) +
+                             " (an error of earlier asynchronous work on this device is also "
+                             "reported here)");
+    }
+
+    attn4j_attention_desc desc_;
+    int device_;
+    std::unique_ptr<cuda::DecodeKernel> kernel_;
+    PinnedI32 hdr_;  // indptr [batch + 1] then last_page_len [batch]
+    PinnedI32 idx_;  // indices [indptr[batch]]
+};
+
+void CudaDecodePlanDeleter::operator()(CudaDecodePlan* p) const noexcept {
+    try {
+        delete p;
+    } catch (...) {
+    }
+}
+
+CudaDecodePlanPtr make_cuda_decode_plan(const attn4j_attention_desc& d, int device_id) {
+    if (!cuda::decode_supported(d))
+        fail(ATTN4J_ERR_UNSUPPORTED,
+             S("desc: not supported by CUDA decode (head_dim ") + std::to_string(d.head_dim) +
+                 ", kv_dtype " + dtype_name(d.kv_dtype) + ", q_dtype " + dtype_name(d.q_dtype) +
+                 ", out_dtype " + dtype_name(d.out_dtype) +
+                 "); CUDA decode supports head_dim 64 or 128, kv_dtype BF16 or F16, q_dtype and "
+                 "out_dtype F32, F16 or BF16, any GQA group; use a CPU context for other shapes");
+    if (d.max_batch_size > 65535)
+        fail(ATTN4J_ERR_UNSUPPORTED, "desc.max_batch_size: " + std::to_string(d.max_batch_size) +
+                                         " exceeds 65535, the most CUDA decode supports");
+    return CudaDecodePlanPtr(new CudaDecodePlan(d, device_id));
+}
+
+void cuda_decode_run(CudaDecodePlan& plan, DecodeArgs& a, const attn4j_page_table& table,
+                     const PageTableDims& dims) {
+    plan.run(a, table, dims);
+}
+
+#endif  // ATTN4J_HAVE_CUDA
+
+}  // namespace attn4j

@@ -1,0 +1,31 @@
+// Decode plans on a CUDA context: the device half of attn4j_decode_plan_create / _run. The C entry
+// points in attention.cpp check everything that needs no device access (shapes, dtypes, strides,
+// size_bytes, device_type / device_id of every argument) for both devices; this unit adds what
+// only CUDA can answer and launches the kernel.
+#pragma once
+
+#include <memory>
+
+#include "attn4j.h"
+#include "core/context.h"
+#include "core/kernel_args.h"
+#include "core/validate.h"
+
+namespace attn4j {
+
+using CudaDecodePlanPtr = std::unique_ptr<CudaDecodePlan, CudaDecodePlanDeleter>;
+
+// `desc` is validated already. UNSUPPORTED (with what is supported) for a desc the CUDA kernels
+// lack; DEVICE / OUT_OF_MEMORY for CUDA failures. Builds without CUDA: UNSUPPORTED.
+CudaDecodePlanPtr make_cuda_decode_plan(const attn4j_attention_desc& desc, int device_id);
+
+// One decode. `a` holds the checked q / out / lse / kv views (device pointers); `a.table` is
+// filled here from `table`, whose tensors passed check_page_table_tensors on the plan's device.
+// Before launching: 16-byte alignment of the pages, cudaPointerGetAttributes of every buffer
+// (host memory labelled CUDA, memory of another GPU), and the page table's CONTENTS, copied
+// synchronously to a plan-owned pinned buffer and checked as on CPU. So this call synchronizes
+// with the legacy default stream (the kernel itself is enqueued asynchronously on it).
+void cuda_decode_run(CudaDecodePlan& plan, DecodeArgs& a, const attn4j_page_table& table,
+                     const PageTableDims& dims);
+
+}  // namespace attn4j
