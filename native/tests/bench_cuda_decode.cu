@@ -8,6 +8,8 @@
 //                          [--page-size N] [--ordered 0|1]
 #include <cuda_runtime.h>
 
+#include "cuda_test.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -24,15 +26,6 @@
 
 using namespace attn4j;
 
-#define CK(call)                                                                              \
-    do {                                                                                      \
-        cudaError_t e_ = (call);                                                              \
-        if (e_ != cudaSuccess) {                                                              \
-            std::fprintf(stderr, "%s:%d: %s -> %s\n", __FILE__, __LINE__, #call,              \
-                         cudaGetErrorString(e_));                                             \
-            std::exit(1);                                                                     \
-        }                                                                                     \
-    } while (0)
 
 namespace {
 

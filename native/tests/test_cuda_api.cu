@@ -7,6 +7,8 @@
 // Without a CUDA device it prints "SKIP: no CUDA device" and exits 0.
 #include <cuda_runtime.h>
 
+#include "cuda_test.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -17,33 +19,15 @@
 #include <vector>
 
 #include "a4j_test.h"
+#include "core/dtype.h"
 #include "attn4j.h"
 
 namespace {
 
-#define CK(call)                                                                              \
-    do {                                                                                      \
-        cudaError_t e_ = (call);                                                              \
-        if (e_ != cudaSuccess) {                                                              \
-            std::fprintf(stderr, "%s:%d: %s -> %s\n", __FILE__, __LINE__, #call,              \
-                         cudaGetErrorString(e_));                                             \
-            std::exit(1);                                                                     \
-        }                                                                                     \
-    } while (0)
+using attn4j::bf16_to_f32;
+using attn4j::f32_to_bf16;
 
-float bf16_to_f32(uint16_t h) {
-    uint32_t b = uint32_t(h) << 16;
-    float f;
-    std::memcpy(&f, &b, 4);
-    return f;
-}
-uint16_t f32_to_bf16(float f) {
-    uint32_t b;
-    std::memcpy(&b, &f, 4);
-    if ((b & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FC0;
-    b += 0x7FFFu + ((b >> 16) & 1u);
-    return uint16_t(b >> 16);
-}
+
 
 attn4j_tensor dev_tensor(void* data, attn4j_dtype dt, std::vector<int64_t> shape) {
     attn4j_tensor t = a4j_test::tensor(data, dt, std::move(shape));
@@ -52,13 +36,6 @@ attn4j_tensor dev_tensor(void* data, attn4j_dtype dt, std::vector<int64_t> shape
     return t;
 }
 
-template <class T>
-T* dmalloc_copy(const std::vector<T>& h) {
-    void* p = nullptr;
-    CK(cudaMalloc(&p, std::max<size_t>(1, h.size() * sizeof(T))));
-    if (!h.empty()) CK(cudaMemcpy(p, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
-    return static_cast<T*>(p);
-}
 
 // One decode problem: host data, device copies, descriptors.
 struct Problem {
@@ -118,19 +95,19 @@ struct Problem {
 
         // device
         if (q_dt == ATTN4J_DTYPE_F32) {
-            dq = dmalloc_copy(qf);
+            dq = a4j_test::to_device(qf);
         } else {  // BF16
             std::vector<uint16_t> qb(qf.size());
             for (size_t i = 0; i < qf.size(); ++i) qb[i] = f32_to_bf16(qf[i]);
-            dq = dmalloc_copy(qb);
+            dq = a4j_test::to_device(qb);
         }
         CK(cudaMalloc(&dout, qf.size() * esize(out_dt) + 64));
         CK(cudaMalloc(reinterpret_cast<void**>(&dlse), size_t(batch()) * H * 4));
-        dk = dmalloc_copy(k);
-        dv = dmalloc_copy(v);
-        dindptr = dmalloc_copy(indptr);
-        dindices = dmalloc_copy(indices);
-        dlast = dmalloc_copy(last);
+        dk = a4j_test::to_device(k);
+        dv = a4j_test::to_device(v);
+        dindptr = a4j_test::to_device(indptr);
+        dindices = a4j_test::to_device(indices);
+        dlast = a4j_test::to_device(last);
 
         cache.struct_size = sizeof cache;
         cache.dtype = ATTN4J_DTYPE_BF16;
@@ -346,7 +323,7 @@ int main() {
         {  // out-of-range page id (device contents)
             std::vector<int32_t> bad = P.indices;
             bad[bad.size() - 1] = P.pages + 7;
-            int32_t* dbad = dmalloc_copy(bad);
+            int32_t* dbad = a4j_test::to_device(bad);
             attn4j_page_table t = P.table;
             t.indices.data = dbad;
             expect("page id out of range", run(&P.tq, &P.cache, &t, &P.tout, &P.tlse), INV,
@@ -360,7 +337,7 @@ int main() {
         }
         {  // empty sequence: indptr [0, n, n]
             std::vector<int32_t> ip = {0, P.indptr[2], P.indptr[2]};
-            int32_t* dip = dmalloc_copy(ip);
+            int32_t* dip = a4j_test::to_device(ip);
             attn4j_page_table t = P.table;
             t.indptr.data = dip;
             expect("empty sequence", run(&P.tq, &P.cache, &t, &P.tout, &P.tlse), INV,
@@ -376,7 +353,7 @@ int main() {
         {  // last_page_len out of range
             std::vector<int32_t> lp = P.last;
             lp[1] = 17;
-            int32_t* dlp = dmalloc_copy(lp);
+            int32_t* dlp = a4j_test::to_device(lp);
             attn4j_page_table t = P.table;
             t.last_page_len.data = dlp;
             expect("last_page_len 17", run(&P.tq, &P.cache, &t, &P.tout, &P.tlse), INV,

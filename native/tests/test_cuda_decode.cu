@@ -6,6 +6,8 @@
 // Usage: test_cuda_decode [seed]
 #include <cuda_runtime.h>
 
+#include "cuda_test.h"
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -18,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "dtype_buffer.h"
 #include "core/kernel_args.h"
 #include "cuda/decode.cuh"
 
@@ -27,89 +30,13 @@ namespace {
 
 int g_failures = 0;
 
-#define CK(call)                                                                              \
-    do {                                                                                      \
-        cudaError_t e_ = (call);                                                              \
-        if (e_ != cudaSuccess) {                                                              \
-            std::fprintf(stderr, "%s:%d: %s -> %s\n", __FILE__, __LINE__, #call,              \
-                         cudaGetErrorString(e_));                                             \
-            std::exit(1);                                                                     \
-        }                                                                                     \
-    } while (0)
 
-float bf16_to_f32(uint16_t h) {
-    uint32_t b = uint32_t(h) << 16;
-    float f;
-    std::memcpy(&f, &b, 4);
-    return f;
-}
-uint16_t f32_to_bf16(float f) {
-    uint32_t b;
-    std::memcpy(&b, &f, 4);
-    if ((b & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FC0;
-    b += 0x7FFFu + ((b >> 16) & 1u);
-    return uint16_t(b >> 16);
-}
-float f16_to_f32(uint16_t h) {
-    const int s = h >> 15, e = (h >> 10) & 31, m = h & 1023;
-    double v;
-    if (e == 0) v = std::ldexp(double(m), -24);
-    else if (e == 31) v = m ? NAN : INFINITY;
-    else v = std::ldexp(double(m + 1024), e - 25);
-    return float(s ? -v : v);
-}
-uint16_t f32_to_f16(float f) {
-    if (std::isnan(f)) return 0x7E00;
-    const uint16_t sign = std::signbit(f) ? 0x8000 : 0;
-    double a = std::fabs(double(f));
-    if (a == 0) return sign;
-    int e;
-    std::frexp(a, &e);
-    int exp = e - 1 + 15;
-    if (exp <= 0) return sign | uint16_t(std::nearbyint(a * std::ldexp(1.0, 24)));
-    double q = std::nearbyint(std::ldexp(a, 10 - (e - 1)));
-    if (q >= 2048) {
-        q /= 2;
-        ++exp;
-    }
-    if (exp >= 31) return sign | 0x7C00;
-    return sign | uint16_t(exp << 10) | uint16_t(int(q) - 1024);
-}
-size_t dsize(attn4j_dtype d) { return d == ATTN4J_DTYPE_F32 ? 4 : 2; }
-const char* dname(attn4j_dtype d) {
-    return d == ATTN4J_DTYPE_F32 ? "f32" : d == ATTN4J_DTYPE_F16 ? "f16" : "bf16";
-}
+using namespace attn4j;
+using a4j_test::Buf;
+using a4j_test::to_device;
+using a4j_test::dname;
+using a4j_test::dsize;
 
-struct Buf {
-    attn4j_dtype dt;
-    std::vector<uint8_t> bytes;
-    Buf(attn4j_dtype d, size_t n) : dt(d), bytes(n * dsize(d)) {}
-    void set(size_t i, float v) {
-        if (dt == ATTN4J_DTYPE_F32) std::memcpy(&bytes[i * 4], &v, 4);
-        else {
-            uint16_t h = dt == ATTN4J_DTYPE_F16 ? f32_to_f16(v) : f32_to_bf16(v);
-            std::memcpy(&bytes[i * 2], &h, 2);
-        }
-    }
-    float get(size_t i) const {
-        if (dt == ATTN4J_DTYPE_F32) {
-            float f;
-            std::memcpy(&f, &bytes[i * 4], 4);
-            return f;
-        }
-        uint16_t h;
-        std::memcpy(&h, &bytes[i * 2], 2);
-        return dt == ATTN4J_DTYPE_F16 ? f16_to_f32(h) : bf16_to_f32(h);
-    }
-};
-
-template <typename T>
-T* to_device(const std::vector<T>& h) {
-    T* d = nullptr;
-    CK(cudaMalloc(&d, std::max<size_t>(1, h.size()) * sizeof(T)));
-    if (!h.empty()) CK(cudaMemcpy(d, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
-    return d;
-}
 
 struct Case {
     const char* name;

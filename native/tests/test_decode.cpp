@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "dtype_buffer.h"
 #include "core/cpu_features.h"
 #include "core/kernel_args.h"
 #include "cpu/decode.h"
@@ -19,88 +20,10 @@ using namespace attn4j;
 
 namespace {
 
-float bf16_to_f32(uint16_t h) {
-    uint32_t b = uint32_t(h) << 16;
-    float f;
-    std::memcpy(&f, &b, 4);
-    return f;
-}
-uint16_t f32_to_bf16(float f) {
-    uint32_t b;
-    std::memcpy(&b, &f, 4);
-    b += 0x7FFFu + ((b >> 16) & 1u);
-    return uint16_t(b >> 16);
-}
-// Exact reference conversions through double arithmetic (independent of the library's).
-float f16_to_f32(uint16_t h) {
-    const int s = h >> 15, e = (h >> 10) & 31, m = h & 1023;
-    double v;
-    if (e == 0) v = std::ldexp(double(m), -24);
-    else if (e == 31) v = m ? NAN : INFINITY;
-    else v = std::ldexp(double(m + 1024), e - 25);
-    return float(s ? -v : v);
-}
-uint16_t f32_to_f16(float f) {  // round to nearest even; inputs here are small and finite
-    const uint16_t sign = std::signbit(f) ? 0x8000 : 0;
-    double a = std::fabs(double(f));
-    if (a == 0) return sign;
-    int e;
-    std::frexp(a, &e);  // a = fr * 2^e, fr in [0.5, 1)
-    int exp = e - 1 + 15;
-    if (exp <= 0) {  // subnormal
-        double q = std::nearbyint(a * std::ldexp(1.0, 24));
-        return sign | uint16_t(q);
-    }
-    double q = std::nearbyint(std::ldexp(a, 10 - (e - 1)));  // in [1024, 2048]
-    if (q >= 2048) {
-        q /= 2;
-        ++exp;
-    }
-    if (exp >= 31) return sign | 0x7C00;
-    return sign | uint16_t(exp << 10) | uint16_t(int(q) - 1024);
-}
-
-size_t dsize(attn4j_dtype d) { return d == ATTN4J_DTYPE_F32 ? 4 : 2; }
-const char* dname(attn4j_dtype d) {
-    return d == ATTN4J_DTYPE_F32 ? "f32" : d == ATTN4J_DTYPE_F16 ? "f16" : "bf16";
-}
-
-// A buffer of elements of one dtype; set() rounds to the dtype, get() reads back exactly.
-struct Buf {
-    attn4j_dtype dt;
-    std::vector<uint8_t> bytes;
-    Buf(attn4j_dtype d, size_t n) : dt(d), bytes(n * dsize(d)) {}
-    void set(size_t i, float v) {
-        if (dt == ATTN4J_DTYPE_F32) std::memcpy(&bytes[i * 4], &v, 4);
-        else {
-            uint16_t h = dt == ATTN4J_DTYPE_F16 ? f32_to_f16(v) : f32_to_bf16(v);
-            std::memcpy(&bytes[i * 2], &h, 2);
-        }
-    }
-    float get(size_t i) const {
-        if (dt == ATTN4J_DTYPE_F32) {
-            float f;
-            std::memcpy(&f, &bytes[i * 4], 4);
-            return f;
-        }
-        uint16_t h;
-        std::memcpy(&h, &bytes[i * 2], 2);
-        return dt == ATTN4J_DTYPE_F16 ? f16_to_f32(h) : bf16_to_f32(h);
-    }
-    void poison() {
-        const size_t n = bytes.size() / dsize(dt);
-        for (size_t i = 0; i < n; ++i) {
-            if (dt == ATTN4J_DTYPE_F32) {
-                float f = NAN;
-                std::memcpy(&bytes[i * 4], &f, 4);
-            } else {
-                uint16_t h = dt == ATTN4J_DTYPE_F16 ? 0x7E00 : 0x7FC0;
-                std::memcpy(&bytes[i * 2], &h, 2);
-            }
-        }
-    }
-    void* data() { return bytes.data(); }
-};
+using namespace attn4j;
+using a4j_test::Buf;
+using a4j_test::dname;
+using a4j_test::dsize;
 
 struct Case {
     std::vector<int> lens;

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "dtype_buffer.h"
 #include "core/cpu_features.h"
 #include "core/error.h"
 #include "cpu/prefill.h"
@@ -21,80 +22,10 @@ using namespace attn4j;
 
 namespace {
 
-float bf16_to_f32(uint16_t h) {
-    uint32_t x = uint32_t(h) << 16;
-    float f;
-    std::memcpy(&f, &x, 4);
-    return f;
-}
-uint16_t f32_to_bf16(float f) {
-    uint32_t x;
-    std::memcpy(&x, &f, 4);
-    return uint16_t((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
-}
-float f16_to_f32(uint16_t h) {
-    const uint32_t sign = uint32_t(h & 0x8000) << 16;
-    const uint32_t e = (h >> 10) & 0x1f, m = h & 0x3ff;
-    if (e == 0) {
-        float v = float(m) * 5.9604644775390625e-08f;
-        return sign ? -v : v;
-    }
-    uint32_t bits = e == 31 ? (sign | 0x7f800000u | (m << 13)) : (sign | ((e + 112) << 23) | (m << 13));
-    float f;
-    std::memcpy(&f, &bits, 4);
-    return f;
-}
-uint16_t f32_to_f16(float f) {  // inputs here are small normal numbers
-    uint32_t x;
-    std::memcpy(&x, &f, 4);
-    const uint16_t sign = uint16_t((x >> 16) & 0x8000u);
-    x &= 0x7fffffffu;
-    if (x < 0x38800000u) {
-        float a;
-        std::memcpy(&a, &x, 4);
-        return sign | uint16_t(std::nearbyint(a * 16777216.0f));
-    }
-    return sign | uint16_t((x + 0xC8000FFFu + ((x >> 13) & 1u)) >> 13);
-}
-
-size_t dsize(attn4j_dtype d) { return d == ATTN4J_DTYPE_F32 ? 4 : 2; }
-const char* dname(attn4j_dtype d) {
-    return d == ATTN4J_DTYPE_F32 ? "f32" : d == ATTN4J_DTYPE_F16 ? "f16" : "bf16";
-}
-
-// Typed buffer of `n` elements; values are stored in dtype and read back exactly.
-struct Buf {
-    attn4j_dtype dt;
-    std::vector<uint8_t> bytes;
-    Buf(attn4j_dtype d, size_t n) : dt(d), bytes(n * dsize(d)) {}
-    void* data() { return bytes.data(); }
-    void set(size_t i, float v) {
-        if (dt == ATTN4J_DTYPE_F32) std::memcpy(&bytes[i * 4], &v, 4);
-        else {
-            uint16_t h = dt == ATTN4J_DTYPE_BF16 ? f32_to_bf16(v) : f32_to_f16(v);
-            std::memcpy(&bytes[i * 2], &h, 2);
-        }
-    }
-    double get(size_t i) const {
-        if (dt == ATTN4J_DTYPE_F32) {
-            float f;
-            std::memcpy(&f, &bytes[i * 4], 4);
-            return f;
-        }
-        uint16_t h;
-        std::memcpy(&h, &bytes[i * 2], 2);
-        return dt == ATTN4J_DTYPE_BF16 ? bf16_to_f32(h) : f16_to_f32(h);
-    }
-    void poison() {
-        if (dt == ATTN4J_DTYPE_F32) {
-            const float nan = NAN;
-            for (size_t i = 0; i < bytes.size() / 4; ++i) std::memcpy(&bytes[i * 4], &nan, 4);
-        } else {
-            const uint16_t nan = dt == ATTN4J_DTYPE_BF16 ? 0x7fc0 : 0x7e00;
-            for (size_t i = 0; i < bytes.size() / 2; ++i) std::memcpy(&bytes[i * 2], &nan, 2);
-        }
-    }
-};
+using namespace attn4j;
+using a4j_test::Buf;
+using a4j_test::dname;
+using a4j_test::dsize;
 
 struct Case {
     int hq, hkv, d, batch;

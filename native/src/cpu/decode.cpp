@@ -13,6 +13,7 @@
 #include <new>
 #include <vector>
 
+#include "core/dtype.h"
 #include "core/error.h"
 #include "cpu/decode_chunk.h"
 
@@ -27,72 +28,6 @@ constexpr int64_t kMinChunkTokens = 512;
 constexpr int64_t kTaskOverheadTokens = 32;
 // Tasks per thread we aim for when splitting: enough to balance ragged batches.
 constexpr int64_t kTasksPerThread = 4;
-
-// ---- scalar dtype conversions (q in, output out; O(batch * heads * head_dim) per run) ---------
-inline float bf16_to_f32(uint16_t h) {
-    const uint32_t bits = uint32_t(h) << 16;
-    float f;
-    std::memcpy(&f, &bits, 4);
-    return f;
-}
-inline uint16_t f32_to_bf16(float f) {
-    uint32_t bits;
-    std::memcpy(&bits, &f, 4);
-    if ((bits & 0x7FFFFFFFu) > 0x7F800000u) return uint16_t((bits >> 16) | 0x40);  // NaN stays NaN
-    bits += 0x7FFFu + ((bits >> 16) & 1u);  // round to nearest even
-    return uint16_t(bits >> 16);
-}
-inline float f16_to_f32(uint16_t h) {
-    const uint32_t sign = uint32_t(h & 0x8000) << 16;
-    uint32_t exp = (h >> 10) & 0x1F, man = h & 0x3FF, bits;
-    if (exp == 0) {
-        if (man == 0) {
-            bits = sign;
-        } else {
-            int e = -1;
-            do {
-                ++e;
-                man <<= 1;
-            } while (!(man & 0x400));
-            bits = sign | uint32_t(127 - 15 - e) << 23 | (man & 0x3FF) << 13;
-        }
-    } else if (exp == 31) {
-        bits = sign | 0x7F800000u | man << 13;
-    } else {
-        bits = sign | (exp + 127 - 15) << 23 | man << 13;
-    }
-    float f;
-    std::memcpy(&f, &bits, 4);
-    return f;
-}
-inline uint16_t f32_to_f16(float f) {
-    uint32_t x;
-    std::memcpy(&x, &f, 4);
-    const uint16_t sign = uint16_t((x >> 16) & 0x8000);
-    x &= 0x7FFFFFFFu;
-    if (x > 0x7F800000u) return sign | 0x7E00;                 // NaN
-    if (x >= 0x477FF000u) return sign | 0x7C00;                // overflow (after rounding) -> inf
-    if (x < 0x38800000u) {                                     // subnormal or zero in half
-        if (x < 0x33000000u) return sign;                      // < 2^-25: rounds to 0
-        const uint32_t e = x >> 23, man = (x & 0x7FFFFF) | 0x800000;
-        const uint32_t shift = 126 - e;                        // 14 + (113 - e) - ... see below
-        // value = man * 2^(e-150); half subnormal unit 2^-24 -> man >> (126 - e)
-        const uint32_t q = man >> shift, rem = man & ((1u << shift) - 1), half = 1u << (shift - 1);
-        const uint32_t r = q + (rem > half || (rem == half && (q & 1)));
-        return sign | uint16_t(r);
-    }
-    // normal: rebias exponent, round mantissa to 10 bits (nearest even)
-    const uint32_t r = x + 0xFFFu + ((x >> 13) & 1u);
-    return sign | uint16_t(((r - 0x38000000u) >> 13) & 0x7FFF);
-}
-
-inline float load_elem(const void* base, attn4j_dtype dt, int64_t i) {
-    switch (dt) {
-        case ATTN4J_DTYPE_F16: return f16_to_f32(static_cast<const uint16_t*>(base)[i]);
-        case ATTN4J_DTYPE_BF16: return bf16_to_f32(static_cast<const uint16_t*>(base)[i]);
-        default: return static_cast<const float*>(base)[i];
-    }
-}
 
 inline void store_row(void* base, attn4j_dtype dt, int64_t at, const float* src, int n) {
     switch (dt) {
@@ -283,7 +218,7 @@ private:
                 const int64_t qh = int64_t(t.kv_head) * group_ + g;
                 const int64_t at = int64_t(t.seq) * a.q.row_stride + qh * a.q.head_stride;
                 float* dst = s.q + int64_t(g) * hd_;
-                for (int d = 0; d < hd_; ++d) dst[d] = load_elem(a.q.data, a.q.dtype, at + d) * qscale;
+                for (int d = 0; d < hd_; ++d) dst[d] = load_f32(a.q.data, a.q.dtype, at + d) * qscale;
             }
             DecodeChunk ch;
             ch.kv_dtype = a.kv.dtype;

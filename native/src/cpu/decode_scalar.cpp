@@ -2,36 +2,13 @@
 // without AVX2/FMA/F16C, and for ATTN4J_ISA=scalar.
 #include <cstring>
 
+#include "core/dtype.h"
 #include "cpu/decode_kernel_impl.h"
 
 namespace attn4j::cpu {
 namespace {
 
 using namespace decode_impl;
-
-inline float half_to_float(uint16_t h) {
-    const uint32_t sign = uint32_t(h & 0x8000) << 16;
-    uint32_t exp = (h >> 10) & 0x1F, man = h & 0x3FF, bits;
-    if (exp == 0) {
-        if (man == 0) {
-            bits = sign;
-        } else {  // subnormal: normalise
-            int e = -1;
-            do {
-                ++e;
-                man <<= 1;
-            } while (!(man & 0x400));
-            bits = sign | uint32_t(127 - 15 - e) << 23 | (man & 0x3FF) << 13;
-        }
-    } else if (exp == 31) {
-        bits = sign | 0x7F800000u | man << 13;
-    } else {
-        bits = sign | (exp + 127 - 15) << 23 | man << 13;
-    }
-    float f;
-    std::memcpy(&f, &bits, 4);
-    return f;
-}
 
 struct ScalarOps {
     static constexpr int W = 1;
@@ -63,7 +40,7 @@ struct ScalarOps {
         if constexpr (DT == ATTN4J_DTYPE_F32) {
             return *p;
         } else if constexpr (DT == ATTN4J_DTYPE_F16) {
-            return half_to_float(*p);
+            return f16_to_f32(*p);
         } else {
             const uint32_t bits = uint32_t(*p) << 16;
             float f;

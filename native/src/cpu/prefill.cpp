@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "core/cpu_features.h"
+#include "core/dtype.h"
 #include "core/error.h"
 #include "cpu/prefill_internal.h"
 
@@ -30,48 +31,6 @@ namespace attn4j::cpu {
 namespace {
 
 using namespace prefill_detail;
-
-// ---- scalar dtype conversions --------------------------------------------------------------------
-inline float bf16_to_f32(uint16_t h) {
-    uint32_t x = uint32_t(h) << 16;
-    float f;
-    std::memcpy(&f, &x, 4);
-    return f;
-}
-inline float f16_to_f32(uint16_t h) {
-    const uint32_t sign = uint32_t(h & 0x8000) << 16;
-    const uint32_t e = (h >> 10) & 0x1f, m = h & 0x3ff;
-    uint32_t bits;
-    if (e == 0) {
-        const float v = float(m) * 5.9604644775390625e-08f;
-        return sign ? -v : v;
-    }
-    if (e == 31) bits = sign | 0x7f800000u | (m << 13);
-    else bits = sign | ((e + 112) << 23) | (m << 13);
-    float f;
-    std::memcpy(&f, &bits, 4);
-    return f;
-}
-inline uint16_t f32_to_bf16(float f) {
-    uint32_t x;
-    std::memcpy(&x, &f, 4);
-    if ((x & 0x7fffffffu) > 0x7f800000u) return uint16_t((x >> 16) | 0x40);
-    return uint16_t((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
-}
-inline uint16_t f32_to_f16(float f) {
-    uint32_t x;
-    std::memcpy(&x, &f, 4);
-    const uint16_t sign = uint16_t((x >> 16) & 0x8000u);
-    x &= 0x7fffffffu;
-    if (x >= 0x7f800000u) return sign | (x > 0x7f800000u ? 0x7e00 : 0x7c00);
-    if (x >= 0x477ff000u) return sign | 0x7c00;
-    if (x < 0x38800000u) {
-        float a;
-        std::memcpy(&a, &x, 4);
-        return sign | uint16_t(std::nearbyint(a * 16777216.0f));
-    }
-    return sign | uint16_t((x + 0xC8000FFFu + ((x >> 13) & 1u)) >> 13);
-}
 
 inline size_t dsize(attn4j_dtype d) { return d == ATTN4J_DTYPE_F32 ? 4 : 2; }
 
