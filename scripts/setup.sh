@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Installs what building attn4j needs on Debian/Ubuntu (apt): cmake, make, g++, libdnnl-dev (oneDNN),
+# Installs what building attn4j needs on Debian/Ubuntu (apt): cmake, make, g++, libdnnl-dev (oneDNN)
+# with ocl-icd-opencl-dev (only "recommended" by libdnnl-dev, but its CMake config requires it),
 # maven. Idempotent: packages already installed are skipped, and when nothing is missing apt is not
 # touched at all (no `apt-get update`). Runs apt through sudo only when not root; never prompts.
 # The JDK 25 itself is expected to be there already (JAVA_HOME or /usr/lib/jvm/temurin-25-jdk-amd64).
 set -euo pipefail
 
-PACKAGES=(cmake make g++ libdnnl-dev maven)
+PACKAGES=(cmake make g++ libdnnl-dev ocl-icd-opencl-dev maven)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -27,7 +27,7 @@ extern "C" {
 #endif
 
 /* Bumped on every incompatible change of a struct layout or function signature. */
-#define ATTN4J_ABI_VERSION 1
+#define ATTN4J_ABI_VERSION 2
 
 /* ---- status ---------------------------------------------------------------------------- */
 typedef int32_t attn4j_status;
@@ -44,7 +44,10 @@ typedef int32_t attn4j_dtype;
 #define ATTN4J_DTYPE_F16 2
 #define ATTN4J_DTYPE_BF16 3
 #define ATTN4J_DTYPE_I32 4
-/* 16 and up are reserved for the quantized KV formats (INT8 / INT4 / INT2). */
+/* Quantized KV formats (cache dtypes only; see attn4j_kv_quant for the page layout). */
+#define ATTN4J_DTYPE_INT8 16
+#define ATTN4J_DTYPE_INT4 17
+#define ATTN4J_DTYPE_INT2 18
 
 typedef int32_t attn4j_device_type;
 #define ATTN4J_DEVICE_CPU 1
@@ -99,8 +102,42 @@ attn4j_status attn4j_context_create(const attn4j_context_options* options, attn4
 attn4j_status attn4j_context_destroy(attn4j_context* ctx);
 
 /* ---- paged KV cache ---------------------------------------------------------------------- */
-/* One layer's pages. Layout (FlashInfer's HND): k_data and v_data each hold
- * [num_pages][num_kv_heads][page_size][head_dim] elements of `dtype`, contiguous. */
+/* Rotation applied to K (or V) vectors before quantization. A key stored as k R (row vector,
+ * R orthogonal) keeps q . k == (q R) . (k R), so decode rotates the query once per step; values
+ * stored as v R give an output o R, rotated back once per step. */
+typedef int32_t attn4j_rotation;
+#define ATTN4J_ROTATION_NONE 0
+#define ATTN4J_ROTATION_HADAMARD 1 /* R = H / sqrt(head_dim), Sylvester order; head_dim a power of 2 */
+#define ATTN4J_ROTATION_MATRIX 2   /* R given per KV head (e.g. calibrated eigenvectors x Hadamard) */
+
+/* Quantization of an INT8 / INT4 / INT2 cache (ignored for float caches).
+ * Each head_dim vector (after rotation) is cut into head_dim / group_size groups; per group
+ * asymmetric min/max codes: lo = clip * min(x), hi = clip * max(x), scale = (hi - lo) / (2^bits - 1),
+ * zero = lo, code = clamp(round((x - zero) / scale), 0, 2^bits - 1), x ~ code * scale + zero.
+ * Page layout: k_data (and v_data) hold [num_pages][num_kv_heads] blocks of
+ *   codes [page_size][head_dim * bits / 8] bytes, then meta [page_size][head_dim / group_size][2]
+ *   of meta_dtype ({scale, zero} pairs),
+ * i.e. attn4j_kv_token_bytes(...) * page_size bytes per block, blocks contiguous.
+ * Codes are packed planar within a group: with n = group_size * bits / 8 bytes per group, value j
+ * of a group sits in byte j % n at bit (bits * (j / n)) (INT8: byte j), so one shift and mask of
+ * n consecutive bytes yields n consecutive values. */
+typedef struct attn4j_kv_quant {
+    int32_t group_size;      /* values per {scale, zero} along head_dim: 32, 64 or 128, divides head_dim */
+    attn4j_dtype meta_dtype; /* F16 or F32 */
+    attn4j_rotation k_rotation;
+    attn4j_rotation v_rotation;
+    /* ROTATION_MATRIX: F32 [num_kv_heads][head_dim][head_dim] row-major orthogonal matrices in
+     * memory of the cache's device; NULL otherwise. */
+    const float* k_matrix;
+    const float* v_matrix;
+    /* Clipping ratios in (0, 1]: F32 [num_kv_heads] on the host, or NULL for 1. Used on write. */
+    const float* k_clip;
+    const float* v_clip;
+} attn4j_kv_quant;
+
+/* One layer's pages. Layout (FlashInfer's HND): for float dtypes k_data and v_data each hold
+ * [num_pages][num_kv_heads][page_size][head_dim] elements of `dtype`, contiguous; for the
+ * quantized dtypes see attn4j_kv_quant. */
 typedef struct attn4j_paged_kv {
     uint32_t struct_size;
     attn4j_dtype dtype;
@@ -114,7 +151,14 @@ typedef struct attn4j_paged_kv {
     void* v_data;
     int64_t k_size_bytes;
     int64_t v_size_bytes;
+    attn4j_kv_quant quant; /* quantized dtypes only */
 } attn4j_paged_kv;
+
+/* Bytes one token of one KV head takes in K (or V) pages, metadata included; 0 for an
+ * unknown dtype or a group size that does not divide head_dim (not a status). Effective bits per
+ * element = 8 * bytes / head_dim. */
+int64_t attn4j_kv_token_bytes(attn4j_dtype dtype, int32_t head_dim, int32_t group_size,
+                              attn4j_dtype meta_dtype);
 
 /* Page table of a batch in CSR form (all I32, on the cache's device):
  * sequence i owns pages indices[indptr[i] .. indptr[i+1]), all full except the last, which holds
@@ -146,7 +190,7 @@ typedef struct attn4j_attention_desc {
     int32_t num_kv_heads;
     int32_t head_dim;       /* CPU: any multiple of 16 up to 256; tuned for 64 and 128 */
     attn4j_dtype q_dtype;   /* F32, F16, BF16 */
-    attn4j_dtype kv_dtype;  /* F32, F16, BF16 */
+    attn4j_dtype kv_dtype;  /* F32, F16, BF16; decode also INT8, INT4, INT2 */
     attn4j_dtype out_dtype; /* F32, F16, BF16 */
     int32_t causal;         /* prefill: 1 = causal mask aligned bottom-right (query i of n_q sees
                                keys 0 .. i + n_kv - n_q); decode ignores it */
@@ -163,6 +207,17 @@ attn4j_status attn4j_decode_plan_create(attn4j_context* ctx, const attn4j_attent
 attn4j_status attn4j_decode_run(attn4j_plan* plan, const attn4j_tensor* q,
                                 const attn4j_paged_kv* cache, const attn4j_page_table* table,
                                 attn4j_tensor* out, attn4j_tensor* lse);
+
+/* Decode over a KV cache held in several segments (mixed precision: e.g. BF16 sinks and recent
+ * window in one cache, the quantized middle in another): each sequence attends to the union of its
+ * tokens in all segments (order does not matter in decode), merged by LSE in the same run.
+ * Segment 0 must have the plan's kv_dtype; others may have any supported dtype. Here a sequence
+ * may own no tokens in a segment (indptr[i] == indptr[i + 1], last_page_len[i] == 0), but every
+ * sequence needs at least one token overall. */
+attn4j_status attn4j_decode_run_segments(attn4j_plan* plan, const attn4j_tensor* q,
+                                         int32_t num_segments, const attn4j_paged_kv* caches,
+                                         const attn4j_page_table* tables, attn4j_tensor* out,
+                                         attn4j_tensor* lse);
 
 /* Prefill: a ragged batch of queries against K/V of the same sequences. */
 attn4j_status attn4j_prefill_plan_create(attn4j_context* ctx, const attn4j_attention_desc* desc,

@@ -283,7 +283,9 @@ int main() {
     dcache("cache struct_size", [](attn4j_paged_kv& c) { c.struct_size = 4; }, INV, "cache: struct_size is 4");
     dcache("cache dtype", [](attn4j_paged_kv& c) { c.dtype = ATTN4J_DTYPE_F16; }, INV,
            "cache: dtype F16 does not match plan kv_dtype BF16");
-    dcache("cache dtype quantized", [](attn4j_paged_kv& c) { c.dtype = 17; }, UNS, "cache: dtype 17");
+    dcache("cache dtype quantized", [](attn4j_paged_kv& c) { c.dtype = ATTN4J_DTYPE_INT4; }, INV,
+           "cache: quant.group_size is 0");
+    dcache("cache dtype 20", [](attn4j_paged_kv& c) { c.dtype = 20; }, INV, "cache: dtype UNKNOWN (20)");
     dcache("cache dtype I32", [](attn4j_paged_kv& c) { c.dtype = ATTN4J_DTYPE_I32; }, INV, "cache: dtype I32");
     dcache("cache heads", [](attn4j_paged_kv& c) { c.num_kv_heads = 1; }, INV, "cache: num_kv_heads 1 does not match");
     dcache("cache head_dim", [](attn4j_paged_kv& c) { c.head_dim = 32; }, INV, "cache: head_dim 32 does not match");
@@ -331,7 +333,9 @@ int main() {
     mkplan("desc head_dim 72", [](AD& d) { d.head_dim = 72; }, true, UNS, "desc.head_dim: 72");
     mkplan("desc head_dim 512", [](AD& d) { d.head_dim = 512; }, false, UNS, "desc.head_dim: 512");
     mkplan("desc q_dtype I32", [](AD& d) { d.q_dtype = ATTN4J_DTYPE_I32; }, true, INV, "desc.q_dtype: I32");
-    mkplan("desc kv_dtype 16", [](AD& d) { d.kv_dtype = 16; }, true, UNS, "desc.kv_dtype");
+    mkplan("desc kv_dtype 20", [](AD& d) { d.kv_dtype = 20; }, true, INV, "desc.kv_dtype: UNKNOWN (20)");
+    mkplan("desc out_dtype INT2", [](AD& d) { d.out_dtype = ATTN4J_DTYPE_INT2; }, true, INV,
+           "desc.out_dtype: INT2 is a quantized KV cache format");
     mkplan("desc out_dtype 0", [](AD& d) { d.out_dtype = 0; }, false, INV, "desc.out_dtype");
     mkplan("desc causal 2", [](AD& d) { d.causal = 2; }, false, INV, "desc.causal: 2");
     mkplan("desc scale negative", [](AD& d) { d.sm_scale = -1.f; }, true, INV, "desc.sm_scale");

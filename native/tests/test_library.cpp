@@ -22,6 +22,7 @@ int main() {
     CHECK(attn4j_struct_size("attn4j_tensor") == sizeof(attn4j_tensor));
     CHECK(attn4j_struct_size("attn4j_context_options") == sizeof(attn4j_context_options));
     CHECK(attn4j_struct_size("attn4j_paged_kv") == sizeof(attn4j_paged_kv));
+    CHECK(attn4j_struct_size("attn4j_kv_quant") == sizeof(attn4j_kv_quant));
     CHECK(attn4j_struct_size("attn4j_page_table") == sizeof(attn4j_page_table));
     CHECK(attn4j_struct_size("attn4j_attention_desc") == sizeof(attn4j_attention_desc));
     CHECK(attn4j_struct_size("attn4j_nothing") == 0);
@@ -29,7 +30,8 @@ int main() {
     // The layouts the Java bindings were generated against (x86-64 SysV).
     CHECK(sizeof(attn4j_tensor) == 96);
     CHECK(sizeof(attn4j_context_options) == 16);
-    CHECK(sizeof(attn4j_paged_kv) == 64);
+    CHECK(sizeof(attn4j_paged_kv) == 112);
+    CHECK(sizeof(attn4j_kv_quant) == 48);
     CHECK(sizeof(attn4j_page_table) == 296);
     CHECK(sizeof(attn4j_attention_desc) == 44);
 

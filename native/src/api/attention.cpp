@@ -17,14 +17,15 @@ namespace {
 
 using S = std::string;
 
-void check_desc_dtype(attn4j_dtype d, const char* field) {
+void check_desc_dtype(attn4j_dtype d, const char* field, bool quantized_ok) {
     if (is_float_dtype(d)) return;
-    if (d >= 16)
-        fail(ATTN4J_ERR_UNSUPPORTED, S("desc.") + field + ": dtype " + std::to_string(d) +
-                                         " is a reserved quantized format, not supported in this "
-                                         "release");
-    invalid(S("desc.") + field + ": " + dtype_name(d) + " (" + std::to_string(d) +
-            "), expected F32, F16 or BF16");
+    if (quant_bits(d) != 0) {
+        if (quantized_ok) return;
+        invalid(S("desc.") + field + ": " + dtype_name(d) +
+                " is a quantized KV cache format; q and out are F32, F16 or BF16");
+    }
+    invalid(S("desc.") + field + ": " + dtype_name(d) + " (" + std::to_string(d) + "), expected " +
+            (quantized_ok ? "F32, F16, BF16, INT8, INT4 or INT2" : "F32, F16 or BF16"));
 }
 
 attn4j_attention_desc check_desc(const attn4j_attention_desc* desc, bool decode,
@@ -44,9 +45,9 @@ attn4j_attention_desc check_desc(const attn4j_attention_desc* desc, bool decode,
     if (device == ATTN4J_DEVICE_CPU && (d.head_dim % 16 != 0 || d.head_dim > 256))
         fail(ATTN4J_ERR_UNSUPPORTED, "desc.head_dim: " + std::to_string(d.head_dim) +
                                          " is not supported on CPU (a multiple of 16 up to 256)");
-    check_desc_dtype(d.q_dtype, "q_dtype");
-    check_desc_dtype(d.kv_dtype, "kv_dtype");
-    check_desc_dtype(d.out_dtype, "out_dtype");
+    check_desc_dtype(d.q_dtype, "q_dtype", false);
+    check_desc_dtype(d.kv_dtype, "kv_dtype", true);
+    check_desc_dtype(d.out_dtype, "out_dtype", false);
     if (d.causal != 0 && d.causal != 1)
         invalid("desc.causal: " + std::to_string(d.causal) + ", expected 0 or 1");
     if (!(d.sm_scale > 0.f) || !std::isfinite(d.sm_scale))
@@ -118,31 +119,32 @@ void check_lse(const attn4j_tensor* lse, int64_t rows, const char* rows_what, in
     expect_dim(x, "lse", 1, heads, "plan num_qo_heads");
 }
 
-// The cache against the plan.
+// The cache against the plan; `any_dtype`: the extra segments of a segmented decode.
 PagedKvView check_cache_for_plan(const attn4j_paged_kv* cache, const attn4j_attention_desc& d,
-                                 const Context& c) {
-    const PagedKvView kv = check_paged_kv(cache, "cache");
+                                 const Context& c, const char* name = "cache",
+                                 bool any_dtype = false) {
+    const PagedKvView kv = check_paged_kv(cache, name);
     if (cache->device_type != c.device_type || cache->device_id != c.device_id)
-        invalid(S("cache: device ") + device_name(cache->device_type) + ":" +
+        invalid(S(name) + ": device " + device_name(cache->device_type) + ":" +
                 std::to_string(cache->device_id) + " but plan runs on " + device_name(c.device_type) +
                 ":" + std::to_string(c.device_id) +
                 (c.device_type == ATTN4J_DEVICE_CUDA
                      ? "; the pages must be in device memory of the plan's GPU (cudaMalloc)"
                      : "; CPU plans read pages from host memory"));
-    if (kv.dtype != d.kv_dtype)
-        invalid(S("cache: dtype ") + dtype_name(kv.dtype) + " does not match plan kv_dtype " +
+    if (!any_dtype && kv.dtype != d.kv_dtype)
+        invalid(S(name) + ": dtype " + dtype_name(kv.dtype) + " does not match plan kv_dtype " +
                 dtype_name(d.kv_dtype));
     if (kv.num_kv_heads != d.num_kv_heads)
-        invalid("cache: num_kv_heads " + std::to_string(kv.num_kv_heads) +
+        invalid(S(name) + ": num_kv_heads " + std::to_string(kv.num_kv_heads) +
                 " does not match plan num_kv_heads " + std::to_string(d.num_kv_heads));
     if (kv.head_dim != d.head_dim)
-        invalid("cache: head_dim " + std::to_string(kv.head_dim) + " does not match plan head_dim " +
+        invalid(S(name) + ": head_dim " + std::to_string(kv.head_dim) + " does not match plan head_dim " +
                 std::to_string(d.head_dim));
     if (d.page_size == 0)
         invalid("plan: page_size is 0 (a contiguous-only prefill plan); create it with the cache's "
                 "page_size " + std::to_string(kv.page_size) + " to run on a paged cache");
     if (kv.page_size != d.page_size)
-        invalid("cache: page_size " + std::to_string(kv.page_size) +
+        invalid(S(name) + ": page_size " + std::to_string(kv.page_size) +
                 " does not match plan page_size " + std::to_string(d.page_size));
     return kv;
 }
@@ -176,6 +178,90 @@ const int32_t* check_qo_indptr(const attn4j_tensor* qo_indptr, int64_t nnz_q, in
     return p;
 }
 
+// attn4j_decode_run (one cache) and attn4j_decode_run_segments (several, `segmented`).
+void decode_run(attn4j_plan* plan, const attn4j_tensor* q, int32_t num_segments,
+                const attn4j_paged_kv* caches, const attn4j_page_table* tables, attn4j_tensor* out,
+                attn4j_tensor* lse, bool segmented) {
+    attn4j_plan& p = plan_of(plan, attn4j_plan::Kind::decode);
+    const attn4j_attention_desc& d = p.desc;
+    const Context& c = *p.ctx;
+    const bool on_cuda = c.device_type == ATTN4J_DEVICE_CUDA;
+    if (segmented) {
+        if (num_segments < 1 || num_segments > kMaxKvSegments)
+            invalid("num_segments: " + std::to_string(num_segments) + ", expected 1.." +
+                    std::to_string(kMaxKvSegments));
+        require_non_null(caches, "caches");
+        require_non_null(tables, "tables");
+        if (on_cuda && num_segments > 1)
+            fail(ATTN4J_ERR_UNSUPPORTED,
+                 "num_segments: " + std::to_string(num_segments) +
+                     "; CUDA plans read one segment per run in this release");
+    }
+    const attn4j_paged_kv* cache = caches;
+    const attn4j_page_table* table = tables;
+    const PagedKvView kv = check_cache_for_plan(cache, d, c, segmented ? "caches[0]" : "cache");
+    // CPU: the table is read here. CUDA: only its tensors are checked here; the contents
+    // are copied back and checked in cuda_decode_run, after every other argument.
+    PageTableView tv;
+    PageTableDims td;
+    if (on_cuda) {
+        td = check_page_table_tensors(table, c.device_type, c.device_id, "plan");
+        tv.batch = int32_t(td.batch);
+    } else {
+        tv = check_page_table(table, kv, segmented && num_segments > 1);
+    }
+    check_batch(tv.batch, d, "table");
+    DecodeArgs a;
+    a.kv = kv;
+    a.table = tv;
+    if (segmented && num_segments > 1) {
+        static const char* const names[kMaxKvSegments] = {"caches[0]", "caches[1]", "caches[2]", "caches[3]"};
+        static const char* const tnames[kMaxKvSegments] = {"tables[0]", "tables[1]", "tables[2]", "tables[3]"};
+        a.num_extra_segments = num_segments - 1;
+        for (int s = 1; s < num_segments; ++s) {
+            KvSegment& seg = a.extra[s - 1];
+            seg.kv = check_cache_for_plan(&caches[s], d, c, names[s], true);
+            try {
+                seg.table = check_page_table(&tables[s], seg.kv, true);
+            } catch (const Error& e) {
+                // Name the segment: "tables[1]: table.indices[3]: ..."
+                fail(e.status, S(tnames[s]) + ": " + e.message);
+            }
+            if (seg.table.batch != tv.batch)
+                invalid(S(tnames[s]) + ": batch " + std::to_string(seg.table.batch) +
+                        " but tables[0] has batch " + std::to_string(tv.batch));
+        }
+        for (int32_t i = 0; i < tv.batch; ++i) {
+            int64_t len = tv.seq_len(i, kv.page_size);
+            for (int s = 0; s < a.num_extra_segments; ++s)
+                len += a.extra[s].table.seq_len(i, a.extra[s].kv.page_size);
+            if (len == 0)
+                invalid("tables: sequence " + std::to_string(i) +
+                        " has no tokens in any segment; every sequence needs at least one");
+        }
+    }
+    const attn4j_tensor& tq = check_rows_heads(q, "q", tv.batch, "table batch", d.num_qo_heads,
+                                               "plan num_qo_heads", d.head_dim, d.q_dtype,
+                                               "plan q_dtype", c);
+    const attn4j_tensor& to = check_rows_heads(out, "out", tv.batch, "table batch",
+                                               d.num_qo_heads, "plan num_qo_heads", d.head_dim,
+                                               d.out_dtype, "plan out_dtype", c);
+    check_lse(lse, tv.batch, "table batch", d.num_qo_heads, c);
+    // CUDA: q stays on the device and is not scanned for NaN / Inf (a non-finite q gives a
+    // non-finite output row). The KV cache is not scanned per call on either device: append
+    // rejects non-finite values on write.
+    if (!on_cuda) check_finite(tq, "q", c.num_threads);
+
+    a.shape = shape_of(d);
+    a.q = rows_heads_view(tq);
+    a.out = rows_heads_view(to);
+    a.lse = lse_view(lse);
+    if (on_cuda)
+        cuda_decode_run(*p.cuda_decode, a, *table, td);
+    else
+        p.decode->run(a);
+}
+
 }  // namespace
 
 extern "C" {
@@ -205,46 +291,15 @@ attn4j_status attn4j_plan_destroy(attn4j_plan* plan) {
 attn4j_status attn4j_decode_run(attn4j_plan* plan, const attn4j_tensor* q,
                                 const attn4j_paged_kv* cache, const attn4j_page_table* table,
                                 attn4j_tensor* out, attn4j_tensor* lse) {
-    return api::guard("attn4j_decode_run", [&] {
-        attn4j_plan& p = plan_of(plan, attn4j_plan::Kind::decode);
-        const attn4j_attention_desc& d = p.desc;
-        const Context& c = *p.ctx;
-        const bool on_cuda = c.device_type == ATTN4J_DEVICE_CUDA;
-        const PagedKvView kv = check_cache_for_plan(cache, d, c);
-        // CPU: the table is read here. CUDA: only its tensors are checked here; the contents
-        // are copied back and checked in cuda_decode_run, after every other argument.
-        PageTableView tv;
-        PageTableDims td;
-        if (on_cuda) {
-            td = check_page_table_tensors(table, c.device_type, c.device_id, "plan");
-            tv.batch = int32_t(td.batch);
-        } else {
-            tv = check_page_table(table, kv);
-        }
-        check_batch(tv.batch, d, "table");
-        const attn4j_tensor& tq = check_rows_heads(q, "q", tv.batch, "table batch", d.num_qo_heads,
-                                                   "plan num_qo_heads", d.head_dim, d.q_dtype,
-                                                   "plan q_dtype", c);
-        const attn4j_tensor& to = check_rows_heads(out, "out", tv.batch, "table batch",
-                                                   d.num_qo_heads, "plan num_qo_heads", d.head_dim,
-                                                   d.out_dtype, "plan out_dtype", c);
-        check_lse(lse, tv.batch, "table batch", d.num_qo_heads, c);
-        // CUDA: q stays on the device and is not scanned for NaN / Inf (a non-finite q gives a
-        // non-finite output row). The KV cache is not scanned per call on either device: append
-        // rejects non-finite values on write.
-        if (!on_cuda) check_finite(tq, "q", c.num_threads);
+    return api::guard("attn4j_decode_run", [&] { decode_run(plan, q, 1, cache, table, out, lse, false); });
+}
 
-        DecodeArgs a;
-        a.shape = shape_of(d);
-        a.q = rows_heads_view(tq);
-        a.out = rows_heads_view(to);
-        a.lse = lse_view(lse);
-        a.kv = kv;
-        a.table = tv;
-        if (on_cuda)
-            cuda_decode_run(*p.cuda_decode, a, *table, td);
-        else
-            p.decode->run(a);
+attn4j_status attn4j_decode_run_segments(attn4j_plan* plan, const attn4j_tensor* q,
+                                         int32_t num_segments, const attn4j_paged_kv* caches,
+                                         const attn4j_page_table* tables, attn4j_tensor* out,
+                                         attn4j_tensor* lse) {
+    return api::guard("attn4j_decode_run_segments", [&] {
+        decode_run(plan, q, num_segments, caches, tables, out, lse, true);
     });
 }
 
@@ -263,6 +318,10 @@ attn4j_status attn4j_prefill_run(attn4j_plan* plan, const attn4j_tensor* q,
         int64_t batch = 0;
         const int32_t* qo = check_qo_indptr(qo_indptr, nnz_q, &batch);
         check_batch(batch, d, "qo_indptr");
+        if (quant_bits(d.kv_dtype) != 0)
+            invalid(S("plan: kv_dtype ") + dtype_name(d.kv_dtype) +
+                    " is a quantized cache format; such plans run on pages only "
+                    "(attn4j_prefill_paged_run)");
         const attn4j_tensor& tk = check_rows_heads(k, "k", -1, "", d.num_kv_heads,
                                                    "plan num_kv_heads", d.head_dim, d.kv_dtype,
                                                    "plan kv_dtype", c);

@@ -22,6 +22,7 @@
 #include <cuda_runtime.h>
 
 #include "cuda/decode.cuh"
+#include "cuda/decode_quant.cuh"
 #endif
 
 namespace attn4j {
@@ -148,7 +149,8 @@ class CudaDecodePlan {
 public:
     CudaDecodePlan(const attn4j_attention_desc& d, int device) : desc_(d), device_(device) {
         DeviceScope scope(device);
-        kernel_ = cuda::make_decode_kernel(d, device);
+        kernel_ = quant_bits(d.kv_dtype) ? cuda::make_quant_decode_kernel(d, device)
+                                         : cuda::make_decode_kernel(d, device);
         hdr_.reserve(2 * int64_t(d.max_batch_size) + 1, "the page table");
         idx_.reserve(int64_t(d.max_batch_size) * 16, "the page table");
     }
@@ -159,13 +161,15 @@ public:
         // (head_dim is a multiple of 8 elements, so every page and row then is too).
         const auto aligned16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
         char buf[64];
-        if (!aligned16(a.kv.k)) {
+        if (a.kv.quantized()) {
+            check_quant(a);
+        } else if (!aligned16(a.kv.k)) {
             std::snprintf(buf, sizeof buf, "%p", a.kv.k);
             invalid(S("cache: k_data pointer ") + buf +
                     " is not aligned to 16 bytes; the CUDA decode kernel reads pages with 16-byte "
                     "loads (cudaMalloc returns 256-byte aligned memory)");
         }
-        if (!aligned16(a.kv.v)) {
+        if (!a.kv.quantized() && !aligned16(a.kv.v)) {
             std::snprintf(buf, sizeof buf, "%p", a.kv.v);
             invalid(S("cache: v_data pointer ") + buf +
                     " is not aligned to 16 bytes; the CUDA decode kernel reads pages with 16-byte "
@@ -204,6 +208,28 @@ public:
     }
 
 private:
+    // Quantized cache: what the generic checks leave to the device (validate.cpp checked the
+    // format itself): the plan's kv dtype, 4-byte aligned pages (16-byte aligned pages with a
+    // 16-byte multiple per (page, head) block take the faster 16-byte copies), and rotation
+    // matrices that are memory of this device.
+    void check_quant(const DecodeArgs& a) const {
+        if (a.kv.dtype != desc_.kv_dtype)
+            invalid(S("cache: dtype ") + dtype_name(a.kv.dtype) + " but the plan was created for kv_dtype " +
+                    dtype_name(desc_.kv_dtype));
+        char buf[64];
+        const void* ptrs[2] = {a.kv.k, a.kv.v};
+        const char* names[2] = {"k_data", "v_data"};
+        for (int i = 0; i < 2; ++i)
+            if (reinterpret_cast<uintptr_t>(ptrs[i]) & 3) {
+                std::snprintf(buf, sizeof buf, "%p", ptrs[i]);
+                invalid(S("cache: ") + names[i] + " pointer " + buf +
+                        " is not aligned to 4 bytes; the CUDA quantized decode kernel copies pages in "
+                        "4- and 16-byte units (cudaMalloc returns 256-byte aligned memory)");
+            }
+        if (a.kv.k_rot.kind == ATTN4J_ROTATION_MATRIX) check_device_pointer(a.kv.k_rot.matrix, "cache.quant.k_matrix", device_);
+        if (a.kv.v_rot.kind == ATTN4J_ROTATION_MATRIX) check_device_pointer(a.kv.v_rot.matrix, "cache.quant.v_matrix", device_);
+    }
+
     void copy(int32_t* dst, const void* src, int64_t n, const char* name) {
         if (n <= 0) return;
         const cudaError_t e =
@@ -231,12 +257,12 @@ void CudaDecodePlanDeleter::operator()(CudaDecodePlan* p) const noexcept {
 }
 
 CudaDecodePlanPtr make_cuda_decode_plan(const attn4j_attention_desc& d, int device_id) {
-    if (!cuda::decode_supported(d))
+    if (!cuda::decode_supported(d) && !cuda::quant_decode_supported(d))
         fail(ATTN4J_ERR_UNSUPPORTED,
              S("desc: not supported by CUDA decode (head_dim ") + std::to_string(d.head_dim) +
                  ", kv_dtype " + dtype_name(d.kv_dtype) + ", q_dtype " + dtype_name(d.q_dtype) +
                  ", out_dtype " + dtype_name(d.out_dtype) +
-                 "); CUDA decode supports head_dim 64 or 128, kv_dtype BF16 or F16, q_dtype and "
+                 "); CUDA decode supports head_dim 64 or 128, kv_dtype BF16, F16, INT8, INT4 or INT2, q_dtype and "
                  "out_dtype F32, F16 or BF16, any GQA group; use a CPU context for other shapes");
     if (d.max_batch_size > 65535)
         fail(ATTN4J_ERR_UNSUPPORTED, "desc.max_batch_size: " + std::to_string(d.max_batch_size) +

@@ -101,6 +101,7 @@ uint64_t attn4j_struct_size(const char* name) {
         {"attn4j_tensor", sizeof(attn4j_tensor)},
         {"attn4j_context_options", sizeof(attn4j_context_options)},
         {"attn4j_paged_kv", sizeof(attn4j_paged_kv)},
+        {"attn4j_kv_quant", sizeof(attn4j_kv_quant)},
         {"attn4j_page_table", sizeof(attn4j_page_table)},
         {"attn4j_attention_desc", sizeof(attn4j_attention_desc)},
     };

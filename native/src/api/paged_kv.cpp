@@ -1,4 +1,4 @@
-// attn4j_paged_kv_append.
+// attn4j_paged_kv_append, attn4j_kv_token_bytes.
 #include "api/guard.h"
 
 #include <string>
@@ -10,6 +10,11 @@
 using namespace attn4j;
 
 extern "C" {
+
+int64_t attn4j_kv_token_bytes(attn4j_dtype dtype, int32_t head_dim, int32_t group_size,
+                              attn4j_dtype meta_dtype) {
+    return kv_token_bytes(dtype, head_dim, group_size, meta_dtype);
+}
 
 attn4j_status attn4j_paged_kv_append(attn4j_context* ctx, const attn4j_paged_kv* cache,
                                      const attn4j_page_table* table,
@@ -23,7 +28,13 @@ attn4j_status attn4j_paged_kv_append(attn4j_context* ctx, const attn4j_paged_kv*
                     std::to_string(cache->device_id) + " but ctx runs on " +
                     device_name(c.device_type) + ":" + std::to_string(c.device_id));
         api::require_cpu_context(c, "paged_kv_append");
-        const PageTableView tv = check_page_table(table, kv);
+        if (kv.quantized() && kv.head_dim > cpu::kMaxQuantHeadDim)
+            fail(ATTN4J_ERR_UNSUPPORTED, "cache: head_dim " + std::to_string(kv.head_dim) +
+                                             " of a quantized cache exceeds " +
+                                             std::to_string(cpu::kMaxQuantHeadDim));
+        // Sequences without pages are allowed here (segments of a mixed-precision cache); they
+        // can append nothing, which the length check below enforces.
+        const PageTableView tv = check_page_table(table, kv, true);
         int64_t n_ap = 0;
         const int32_t* ap = check_i32_vector(append_indptr, "append_indptr", 0, &n_ap);
         if (n_ap != int64_t(tv.batch) + 1)

@@ -10,18 +10,21 @@
 
 namespace attn4j {
 
-// "F32", "F16", "BF16", "I32"; "dtype(<n>)" style names are not needed: unknown -> "UNKNOWN".
+// "F32", "F16", "BF16", "I32", "INT8", "INT4", "INT2"; anything else -> "UNKNOWN".
 inline const char* dtype_name(attn4j_dtype d) {
     switch (d) {
         case ATTN4J_DTYPE_F32: return "F32";
         case ATTN4J_DTYPE_F16: return "F16";
         case ATTN4J_DTYPE_BF16: return "BF16";
         case ATTN4J_DTYPE_I32: return "I32";
-        default: return d >= 16 ? "RESERVED" : "UNKNOWN";
+        case ATTN4J_DTYPE_INT8: return "INT8";
+        case ATTN4J_DTYPE_INT4: return "INT4";
+        case ATTN4J_DTYPE_INT2: return "INT2";
+        default: return "UNKNOWN";
     }
 }
 
-// Bytes per element; 0 for an unknown or reserved dtype.
+// Bytes per element; 0 for an unknown dtype or a quantized KV format (see kv_token_bytes).
 inline int dtype_size(attn4j_dtype d) {
     switch (d) {
         case ATTN4J_DTYPE_F32: return 4;

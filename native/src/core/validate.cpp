@@ -26,7 +26,9 @@ std::string fmt(const char* format, ...) {
 
 std::string dtype_str(attn4j_dtype d) {
     const char* n = dtype_name(d);
-    if (dtype_size(d) == 0) return fmt("%s (%d)", n, int(d));
+    if (dtype_size(d) == 0 && d != ATTN4J_DTYPE_INT8 && d != ATTN4J_DTYPE_INT4 &&
+        d != ATTN4J_DTYPE_INT2)
+        return fmt("%s (%d)", n, int(d));
     return n;
 }
 
@@ -260,40 +262,64 @@ LseView lse_view(const attn4j_tensor* t) {
     return v;
 }
 
+namespace {
+
+bool is_power_of_two(int64_t x) { return x > 0 && (x & (x - 1)) == 0; }
+
+void check_rotation(const attn4j_paged_kv* c, const char* name, const char* which,
+                    attn4j_rotation kind, const float* matrix, const float* clip) {
+    if (kind != ATTN4J_ROTATION_NONE && kind != ATTN4J_ROTATION_HADAMARD &&
+        kind != ATTN4J_ROTATION_MATRIX)
+        invalid(fmt("%s: quant.%s_rotation is %d, expected NONE (0), HADAMARD (1) or MATRIX (2)",
+                    name, which, int(kind)));
+    if (kind == ATTN4J_ROTATION_HADAMARD && !is_power_of_two(c->head_dim))
+        invalid(fmt("%s: quant.%s_rotation HADAMARD needs a power-of-two head_dim, got %d", name,
+                    which, c->head_dim));
+    if (kind == ATTN4J_ROTATION_MATRIX && !matrix)
+        invalid(fmt("%s: quant.%s_matrix is NULL but quant.%s_rotation is MATRIX", name, which,
+                    which));
+    if (kind != ATTN4J_ROTATION_MATRIX && matrix)
+        invalid(fmt("%s: quant.%s_matrix is set but quant.%s_rotation is not MATRIX", name, which,
+                    which));
+    if (clip)
+        for (int32_t h = 0; h < c->num_kv_heads; ++h)
+            if (!(clip[h] > 0.f && clip[h] <= 1.f))
+                invalid(fmt("%s: quant.%s_clip[%d] is %g, expected a ratio in (0, 1]", name, which,
+                            h, double(clip[h])));
+}
+
+}  // namespace
+
+int64_t kv_token_bytes(attn4j_dtype dtype, int32_t head_dim, int32_t group_size,
+                       attn4j_dtype meta_dtype) {
+    if (head_dim <= 0) return 0;
+    if (is_float_dtype(dtype)) return int64_t(head_dim) * dtype_size(dtype);
+    const int bits = quant_bits(dtype);
+    if (bits == 0 || group_size <= 0 || head_dim % group_size != 0 ||
+        (group_size * bits) % 8 != 0 ||
+        (meta_dtype != ATTN4J_DTYPE_F32 && meta_dtype != ATTN4J_DTYPE_F16))
+        return 0;
+    QuantFormat f;
+    f.bits = bits;
+    f.head_dim = head_dim;
+    f.group_size = group_size;
+    f.meta_dtype = meta_dtype;
+    return f.token_bytes();
+}
+
 PagedKvView check_paged_kv(const attn4j_paged_kv* c, const char* name) {
     require_non_null(c, name);
     check_struct_size(c->struct_size, sizeof(attn4j_paged_kv), name, "attn4j_paged_kv");
-    if (!is_float_dtype(c->dtype)) {
-        if (c->dtype >= 16)
-            fail(ATTN4J_ERR_UNSUPPORTED,
-                 fmt("%s: dtype %d is a reserved quantized KV format, not supported in this "
-                     "release", name, int(c->dtype)));
-        invalid(fmt("%s: dtype %s, expected F32, F16 or BF16", name, dtype_str(c->dtype).c_str()));
-    }
+    const int bits = quant_bits(c->dtype);
+    if (!is_float_dtype(c->dtype) && bits == 0)
+        invalid(fmt("%s: dtype %s, expected F32, F16, BF16, INT8, INT4 or INT2", name,
+                    dtype_str(c->dtype).c_str()));
     if (c->num_kv_heads <= 0) invalid(fmt("%s: num_kv_heads is %d, expected > 0", name, c->num_kv_heads));
     if (c->head_dim <= 0) invalid(fmt("%s: head_dim is %d, expected > 0", name, c->head_dim));
     if (c->page_size <= 0) invalid(fmt("%s: page_size is %d, expected > 0", name, c->page_size));
     if (c->num_pages <= 0) invalid(fmt("%s: num_pages is %d, expected > 0", name, c->num_pages));
     if (c->device_type != ATTN4J_DEVICE_CPU && c->device_type != ATTN4J_DEVICE_CUDA)
         invalid(fmt("%s: device_type %d is not an attn4j device type", name, int(c->device_type)));
-    const int esize = dtype_size(c->dtype);
-    const unsigned __int128 need = (unsigned __int128)(uint64_t)c->num_pages * (uint64_t)c->num_kv_heads *
-                                   (uint64_t)c->page_size * (uint64_t)c->head_dim * (unsigned)esize;
-    const void* bufs[2] = {c->k_data, c->v_data};
-    const int64_t sizes[2] = {c->k_size_bytes, c->v_size_bytes};
-    const char* which[2] = {"k", "v"};
-    for (int i = 0; i < 2; ++i) {
-        if (!bufs[i]) invalid(fmt("%s: %s_data is NULL", name, which[i]));
-        if (reinterpret_cast<uintptr_t>(bufs[i]) % uintptr_t(esize) != 0)
-            invalid(fmt("%s: %s_data pointer %p is not aligned to %d bytes (dtype %s)", name,
-                        which[i], bufs[i], esize, dtype_name(c->dtype)));
-        if (need > (unsigned __int128)sizes[i] || sizes[i] < 0)
-            invalid(fmt("%s: %s_size_bytes is %" PRId64 " but %d pages x %d heads x %d tokens x %d "
-                        "dims of %s need %.0f bytes",
-                        name, which[i], sizes[i], c->num_pages, c->num_kv_heads, c->page_size,
-                        c->head_dim, dtype_name(c->dtype), double(need)));
-    }
-    if (c->k_data == c->v_data) invalid(fmt("%s: k_data and v_data are the same buffer", name));
     PagedKvView v;
     v.dtype = c->dtype;
     v.num_kv_heads = c->num_kv_heads;
@@ -302,6 +328,45 @@ PagedKvView check_paged_kv(const attn4j_paged_kv* c, const char* name) {
     v.num_pages = c->num_pages;
     v.k = c->k_data;
     v.v = c->v_data;
+    int align = bits ? 4 : dtype_size(c->dtype);
+    if (bits) {
+        const attn4j_kv_quant& q = c->quant;
+        if (q.group_size != 32 && q.group_size != 64 && q.group_size != 128)
+            invalid(fmt("%s: quant.group_size is %d, expected 32, 64 or 128", name, q.group_size));
+        if (c->head_dim % q.group_size != 0)
+            invalid(fmt("%s: quant.group_size %d does not divide head_dim %d", name, q.group_size,
+                        c->head_dim));
+        if (q.meta_dtype != ATTN4J_DTYPE_F32 && q.meta_dtype != ATTN4J_DTYPE_F16)
+            invalid(fmt("%s: quant.meta_dtype %s, expected F32 or F16", name,
+                        dtype_str(q.meta_dtype).c_str()));
+        check_rotation(c, name, "k", q.k_rotation, q.k_matrix, q.k_clip);
+        check_rotation(c, name, "v", q.v_rotation, q.v_matrix, q.v_clip);
+        v.quant.bits = bits;
+        v.quant.head_dim = c->head_dim;
+        v.quant.group_size = q.group_size;
+        v.quant.meta_dtype = q.meta_dtype;
+        v.k_rot = RotationView{q.k_rotation, q.k_matrix, q.k_clip};
+        v.v_rot = RotationView{q.v_rotation, q.v_matrix, q.v_clip};
+        align = v.quant.meta_size();
+    }
+    const unsigned __int128 need = (unsigned __int128)(uint64_t)c->num_pages *
+                                   (uint64_t)c->num_kv_heads * (uint64_t)c->page_size *
+                                   (uint64_t)v.token_bytes();
+    const void* bufs[2] = {c->k_data, c->v_data};
+    const int64_t sizes[2] = {c->k_size_bytes, c->v_size_bytes};
+    const char* which[2] = {"k", "v"};
+    for (int i = 0; i < 2; ++i) {
+        if (!bufs[i]) invalid(fmt("%s: %s_data is NULL", name, which[i]));
+        if (reinterpret_cast<uintptr_t>(bufs[i]) % uintptr_t(align) != 0)
+            invalid(fmt("%s: %s_data pointer %p is not aligned to %d bytes (dtype %s)", name,
+                        which[i], bufs[i], align, dtype_name(c->dtype)));
+        if (need > (unsigned __int128)sizes[i] || sizes[i] < 0)
+            invalid(fmt("%s: %s_size_bytes is %" PRId64 " but %d pages x %d heads x %d tokens x %"
+                        PRId64 " bytes a token (%s) need %.0f bytes",
+                        name, which[i], sizes[i], c->num_pages, c->num_kv_heads, c->page_size,
+                        v.token_bytes(), dtype_name(c->dtype), double(need)));
+    }
+    if (c->k_data == c->v_data) invalid(fmt("%s: k_data and v_data are the same buffer", name));
     return v;
 }
 
@@ -361,8 +426,15 @@ void check_page_table_indptr(const int32_t* indptr, const PageTableDims& d) {
 }
 
 void check_page_table_pages(const int32_t* indptr, const int32_t* indices, const int32_t* last,
-                            int64_t batch, const PagedKvView& kv) {
+                            int64_t batch, const PagedKvView& kv, bool allow_empty) {
     for (int64_t i = 0; i < batch; ++i) {
+        if (indptr[i + 1] == indptr[i] && allow_empty) {
+            if (last[i] != 0)
+                invalid(fmt("table.last_page_len[%" PRId64 "]: %d for a sequence without pages in "
+                            "this segment, expected 0",
+                            i, last[i]));
+            continue;
+        }
         if (indptr[i + 1] == indptr[i])
             invalid(fmt("table: sequence %" PRId64 " is empty (no pages); empty sequences are not "
                         "allowed",
@@ -377,13 +449,14 @@ void check_page_table_pages(const int32_t* indptr, const int32_t* indices, const
                         kv.num_pages));
 }
 
-PageTableView check_page_table(const attn4j_page_table* table, const PagedKvView& kv) {
+PageTableView check_page_table(const attn4j_page_table* table, const PagedKvView& kv,
+                               bool allow_empty) {
     const PageTableDims d = check_page_table_tensors(table, ATTN4J_DEVICE_CPU, 0, "plan");
     const int32_t* indptr = static_cast<const int32_t*>(table->indptr.data);
     const int32_t* indices = static_cast<const int32_t*>(table->indices.data);
     const int32_t* last = static_cast<const int32_t*>(table->last_page_len.data);
     check_page_table_indptr(indptr, d);
-    check_page_table_pages(indptr, indices, last, d.batch, kv);
+    check_page_table_pages(indptr, indices, last, d.batch, kv, allow_empty);
     PageTableView v;
     v.batch = int32_t(d.batch);
     v.indptr = indptr;

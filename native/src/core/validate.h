@@ -46,11 +46,19 @@ void check_finite(const attn4j_tensor& t, const char* name, int threads);
 RowsHeadsView rows_heads_view(const attn4j_tensor& t);
 LseView lse_view(const attn4j_tensor* t);
 
-// A paged KV cache (struct and buffers), as a kernel view.
+// attn4j_kv_token_bytes: bytes of one token of one KV head, 0 when the format is invalid.
+int64_t kv_token_bytes(attn4j_dtype dtype, int32_t head_dim, int32_t group_size,
+                       attn4j_dtype meta_dtype);
+
+// A paged KV cache (struct and buffers), as a kernel view; for quantized dtypes also the
+// quantization fields (group size, meta dtype, rotations, clip ratios in (0, 1]). Rotation
+// matrices are not checked for orthogonality (they may live in device memory).
 PagedKvView check_paged_kv(const attn4j_paged_kv* cache, const char* name);
-// A page table against a cache's geometry; returns the view (batch >= 1, no empty sequence).
+// A page table against a cache's geometry; returns the view (batch >= 1, no empty sequence
+// unless allow_empty: then a sequence may own no pages, with last_page_len 0).
 // Index arrays must be host (CPU) I32 vectors.
-PageTableView check_page_table(const attn4j_page_table* table, const PagedKvView& kv);
+PageTableView check_page_table(const attn4j_page_table* table, const PagedKvView& kv,
+                               bool allow_empty = false);
 
 // check_page_table in three steps, for tables whose contents live in device memory:
 //  1. the three tensors (struct, rank-1 I32, on `type:id`, lengths consistent); reads no
@@ -66,7 +74,7 @@ PageTableDims check_page_table_tensors(const attn4j_page_table* table, attn4j_de
                                        int32_t id, const char* runner);
 void check_page_table_indptr(const int32_t* indptr, const PageTableDims& d);
 void check_page_table_pages(const int32_t* indptr, const int32_t* indices, const int32_t* last,
-                            int64_t batch, const PagedKvView& kv);
+                            int64_t batch, const PagedKvView& kv, bool allow_empty = false);
 
 std::string shape_string(const attn4j_tensor& t);
 

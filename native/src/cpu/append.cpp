@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "core/dtype.h"
+#include "cpu/quantize.h"
 
 namespace attn4j::cpu {
 
@@ -25,11 +26,27 @@ void convert_row(const void* src, attn4j_dtype sd, void* dst, attn4j_dtype dd, i
     for (int64_t i = 0; i < n; ++i) store_f32(dst, dd, i, load_f32(src, sd, i));
 }
 
+namespace {
+
+// Quantize-on-write of one token of one KV head: widen, rotate, encode into its page slot.
+void quantize_into(const char* src, attn4j_dtype sd, const PagedKvView& kv, const RotationView& rot,
+                   char* head_block, int64_t slot, int64_t kv_head) {
+    const QuantFormat& f = kv.quant;
+    float x[kMaxQuantHeadDim], y[kMaxQuantHeadDim];
+    for (int d = 0; d < f.head_dim; ++d) x[d] = load_f32(src, sd, d);
+    rotate_row(x, y, f.head_dim, rot.kind, rot.matrix_of(kv_head, f.head_dim));
+    uint8_t* codes = reinterpret_cast<uint8_t*>(head_block) + slot * f.code_bytes();
+    char* meta = head_block + int64_t(kv.page_size) * f.code_bytes() + slot * f.meta_bytes();
+    quantize_row(y, f, rot.clip_of(kv_head), codes, meta);
+}
+
+}  // namespace
+
 void paged_kv_append(const AppendArgs& a, int num_threads) {
     const PagedKvView& kv = a.kv;
     const int32_t batch = a.table.batch;
     const int64_t H = kv.num_kv_heads, D = kv.head_dim, ps = kv.page_size;
-    const int esize = dtype_size(kv.dtype);
+    const int esize = dtype_size(kv.dtype);  // 0 for quantized caches (not used then)
     const int ksize = dtype_size(a.k.dtype), vsize = dtype_size(a.v.dtype);
     const int32_t* ap = a.append_indptr;
 #pragma omp parallel for num_threads(num_threads) schedule(static) if (a.nnz * H * D >= 16384)
@@ -40,6 +57,18 @@ void paged_kv_append(const AppendArgs& a, int num_threads) {
         const int64_t pos = len - (ap[i + 1] - ap[i]) + (t - ap[i]);
         const int64_t page = a.table.indices[a.table.indptr[i] + pos / ps];
         const int64_t slot = pos % ps;
+        if (kv.quantized()) {
+            for (int64_t h = 0; h < H; ++h) {
+                const int64_t blk = page * kv.page_stride_bytes() + h * kv.head_stride_bytes();
+                const char* ks = static_cast<const char*>(a.k.data) +
+                                 (t * a.k.row_stride + h * a.k.head_stride) * ksize;
+                const char* vs = static_cast<const char*>(a.v.data) +
+                                 (t * a.v.row_stride + h * a.v.head_stride) * vsize;
+                quantize_into(ks, a.k.dtype, kv, kv.k_rot, static_cast<char*>(kv.k) + blk, slot, h);
+                quantize_into(vs, a.v.dtype, kv, kv.v_rot, static_cast<char*>(kv.v) + blk, slot, h);
+            }
+            continue;
+        }
         for (int64_t h = 0; h < H; ++h) {
             const int64_t dst_off = ((page * H + h) * ps + slot) * D;  // elements
             const char* ks = static_cast<const char*>(a.k.data) +

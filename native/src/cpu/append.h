@@ -1,4 +1,5 @@
-// paged_kv_append: writes new K/V tokens into their page slots, converting to the cache dtype.
+// paged_kv_append: writes new K/V tokens into their page slots, converting to the cache dtype
+// (quantize-on-write for INT8 / INT4 / INT2 caches: rotation, clipping, codes and {scale, zero}).
 #pragma once
 
 #include <cstdint>
@@ -17,6 +18,9 @@ struct AppendArgs {
     RowsHeadsView k;
     RowsHeadsView v;
 };
+
+// Largest head_dim of a quantized cache (append and decode keep one vector on the stack).
+constexpr int kMaxQuantHeadDim = 256;
 
 void paged_kv_append(const AppendArgs& args, int num_threads);
 

@@ -1,7 +1,8 @@
-// CPU paged decode driver: split-KV planning, OpenMP threading over a precomputed task list,
-// q / output dtype conversion, LSE merge of split chunks. The SIMD work per chunk is in
-// decode_<isa>.cpp (see decode_kernel_impl.h). Everything is sized at creation; run() allocates
-// nothing.
+// CPU paged decode driver: split-KV planning over one or more KV segments (mixed precision),
+// OpenMP threading over a precomputed task list, q / output dtype conversion, LSE merge of all
+// chunks of a (sequence, kv head). The SIMD work per chunk is in decode_<isa>.cpp (float caches,
+// see decode_kernel_impl.h) and decode_quant_<isa>.cpp (INT8 / INT4 / INT2 caches, see
+// decode_quant.h). Everything is sized at creation; run() allocates nothing.
 #include "cpu/decode.h"
 
 #include <omp.h>
@@ -16,18 +17,22 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "cpu/decode_chunk.h"
+#include "cpu/decode_quant.h"
 
 namespace attn4j::cpu {
 namespace {
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
-// Tokens below which a sequence is never split (per KV head), and the per-task overhead used
-// when balancing (in token-equivalents).
-constexpr int64_t kMinChunkTokens = 512;
-constexpr int64_t kTaskOverheadTokens = 32;
+// Chunk costs are K+V bytes read. Bytes below which a chunk is never split further (512 BF16
+// tokens at head_dim 128), and the per-task overhead used when balancing.
+constexpr int64_t kMinChunkBytes = 512 * 2 * 256;
+constexpr int64_t kTaskOverheadBytes = 32 * 2 * 256;
 // Tasks per thread we aim for when splitting: enough to balance ragged batches.
 constexpr int64_t kTasksPerThread = 4;
+// Segments per sequence the split workspace is sized for (mixed precision: high-precision +
+// quantized); runs with more segments still work while their chunks fit.
+constexpr int64_t kPlannedSegments = 2;
 
 inline void store_row(void* base, attn4j_dtype dt, int64_t at, const float* src, int n) {
     switch (dt) {
@@ -44,8 +49,6 @@ inline void store_row(void* base, attn4j_dtype dt, int64_t at, const float* src,
         default: std::memcpy(static_cast<float*>(base) + at, src, size_t(n) * 4); break;
     }
 }
-
-inline size_t dtype_size(attn4j_dtype dt) { return dt == ATTN4J_DTYPE_F32 ? 4 : 2; }
 
 template <class T>
 struct AlignedArray {
@@ -65,7 +68,8 @@ struct AlignedArray {
 struct Task {
     int32_t seq;
     int32_t kv_head;
-    int32_t page_begin;  // index into the sequence's pages
+    int32_t segment;     // 0 = DecodeArgs::kv, s > 0 = DecodeArgs::extra[s - 1]
+    int32_t page_begin;  // index into the sequence's pages of that segment
     int32_t num_pages;
     int64_t num_tokens;
     int32_t slot;        // -1: write the final output directly; else workspace state index
@@ -86,7 +90,8 @@ public:
           isa_(isa),
           group_(desc.num_qo_heads / desc.num_kv_heads),
           hd_(desc.head_dim),
-          max_slots_(std::max<int64_t>(64, 16 * int64_t(std::max(1, num_threads)))),
+          max_slots_(std::max<int64_t>(64, 16 * int64_t(std::max(1, num_threads))) +
+                     kPlannedSegments * int64_t(desc.max_batch_size) * desc.num_kv_heads),
           max_tasks_(int64_t(desc.max_batch_size) * desc.num_kv_heads + max_slots_),
           tasks_(size_t(max_tasks_)),
           prefix_(size_t(max_tasks_ + 1)),
@@ -95,7 +100,10 @@ public:
           ws_lse_(size_t(max_slots_) * group_),
           scratch_mem_(size_t(threads_) * scratch_floats()),
           scratch_(size_t(threads_)),
-          lse_tmp_(size_t(threads_) * group_) {
+          lse_tmp_(size_t(threads_) * group_),
+          quant_scratch_bytes_((quant_chunk_scratch_bytes(group_, hd_, desc.page_size) + 63) / 64 * 64),
+          quant_scratch_(size_t(threads_) * quant_scratch_bytes_),
+          quant_fn_(quant_chunk_fn(isa)) {
         switch (isa_) {
             case Isa::avx512: fn_ = decode_chunk_avx512; break;
             case Isa::avx2: fn_ = decode_chunk_avx2; break;
@@ -138,54 +146,95 @@ private:
                kDecodeMaxGroupTile * kDecodeMaxLanes * kDecodeMaxLanes + 4 * kDecodeMaxLanes /* off, pfoff: 2 x int64[lanes] */;
     }
 
-    // Builds the task list: (sequence, kv head, page-aligned chunk), chunk length chosen so that
-    // there are about kTasksPerThread tasks per thread, limited by the workspace.
+    static const PagedKvView& seg_kv(const DecodeArgs& a, int s) { return s == 0 ? a.kv : a.extra[s - 1].kv; }
+    static const PageTableView& seg_table(const DecodeArgs& a, int s) {
+        return s == 0 ? a.table : a.extra[s - 1].table;
+    }
+
+    // Builds the task list: (sequence, kv head, segment, page-aligned chunk), chunks sized in
+    // bytes read so that there are about kTasksPerThread tasks per thread, limited by the
+    // workspace. All chunks of one (sequence, kv head) get consecutive workspace slots and one
+    // merge, across segments.
     void plan(const DecodeArgs& a) {
-        const int32_t B = a.table.batch, H = desc_.num_kv_heads, ps = a.kv.page_size;
+        const int nseg = 1 + a.num_extra_segments;
+        const int32_t B = a.table.batch, H = desc_.num_kv_heads;
         int64_t total = 0;
-        for (int32_t i = 0; i < B; ++i) total += a.table.seq_len(i, ps);
+        for (int s = 0; s < nseg; ++s)
+            for (int32_t i = 0; i < B; ++i)
+                total += seg_table(a, s).seq_len(i, seg_kv(a, s).page_size) * 2 * seg_kv(a, s).token_bytes();
         total *= H;
-        int64_t chunk_tokens = std::max<int64_t>(kMinChunkTokens, total / (int64_t(threads_) * kTasksPerThread) + 1);
-        if (threads_ == 1) chunk_tokens = INT64_MAX / 4;
-        int64_t chunk_pages = std::max<int64_t>(1, (chunk_tokens + ps - 1) / ps);
-        // Grow the chunk until the split states fit the workspace.
+        int64_t chunk_bytes = std::max<int64_t>(kMinChunkBytes, total / (int64_t(threads_) * kTasksPerThread) + 1);
+        if (threads_ == 1) chunk_bytes = INT64_MAX / 4;
+        int64_t chunk_pages[kMaxKvSegments];
+        auto set_chunk_pages = [&] {
+            for (int s = 0; s < nseg; ++s) {
+                const int64_t page_bytes = int64_t(seg_kv(a, s).page_size) * 2 * seg_kv(a, s).token_bytes();
+                chunk_pages[s] = std::max<int64_t>(1, chunk_bytes / page_bytes + (chunk_bytes % page_bytes != 0));
+            }
+        };
+        auto chunks_of = [&](int s, int32_t i) {
+            const int64_t np = seg_table(a, s).indptr[i + 1] - seg_table(a, s).indptr[i];
+            return (np + chunk_pages[s] - 1) / chunk_pages[s];
+        };
+        set_chunk_pages();
+        // Grow the chunks until the split states fit the workspace.
         for (;;) {
-            int64_t slots = 0, merges = 0;
+            int64_t slots = 0, merges = 0, most = 0;
             for (int32_t i = 0; i < B; ++i) {
-                const int64_t np = a.table.indptr[i + 1] - a.table.indptr[i];
-                const int64_t nc = (np + chunk_pages - 1) / chunk_pages;
+                int64_t nc = 0;
+                for (int s = 0; s < nseg; ++s) {
+                    const int64_t c = chunks_of(s, i);
+                    nc += c;
+                    most = std::max(most, c);
+                }
                 if (nc > 1) {
                     slots += nc * H;
                     merges += H;
                 }
             }
             if (slots <= max_slots_ && merges <= int64_t(merges_.n)) break;
-            chunk_pages *= 2;
+            if (most <= 1)
+                fail(ATTN4J_ERR_INVALID_ARGUMENT,
+                     "caches: batch " + std::to_string(B) + " x " + std::to_string(nseg) +
+                         " segments needs more merge workspace than this plan has (sized for " +
+                         std::to_string(kPlannedSegments) + " segments at max_batch_size " +
+                         std::to_string(desc_.max_batch_size) + "); use fewer segments or a smaller batch");
+            chunk_bytes = chunk_bytes > INT64_MAX / 4 ? chunk_bytes : chunk_bytes * 2;
+            set_chunk_pages();
         }
         int64_t nt = 0, slot = 0, nm = 0;
         for (int32_t i = 0; i < B; ++i) {
-            const int32_t np = a.table.indptr[i + 1] - a.table.indptr[i];
-            const int32_t nc = int32_t((np + chunk_pages - 1) / chunk_pages);
-            // Even split in pages.
+            int64_t nc_total = 0;
+            for (int s = 0; s < nseg; ++s) nc_total += chunks_of(s, i);
             for (int32_t h = 0; h < H; ++h) {
-                if (nc > 1) merges_[nm++] = Merge{i, h, int32_t(slot), nc};
-                for (int32_t c = 0; c < nc; ++c) {
-                    const int32_t pb = int32_t(int64_t(np) * c / nc), pe = int32_t(int64_t(np) * (c + 1) / nc);
-                    Task& t = tasks_[nt++];
-                    t.seq = i;
-                    t.kv_head = h;
-                    t.page_begin = pb;
-                    t.num_pages = pe - pb;
-                    t.num_tokens = pe == np ? int64_t(pe - pb - 1) * ps + a.table.last_page_len[i]
-                                            : int64_t(pe - pb) * ps;
-                    t.slot = nc > 1 ? int32_t(slot++) : -1;
+                if (nc_total > 1) merges_[nm++] = Merge{i, h, int32_t(slot), int32_t(nc_total)};
+                for (int s = 0; s < nseg; ++s) {
+                    const PageTableView& tb = seg_table(a, s);
+                    const int32_t ps = seg_kv(a, s).page_size;
+                    const int32_t np = tb.indptr[i + 1] - tb.indptr[i];
+                    const int32_t nc = int32_t(chunks_of(s, i));
+                    // Even split in pages.
+                    for (int32_t c = 0; c < nc; ++c) {
+                        const int32_t pb = int32_t(int64_t(np) * c / nc), pe = int32_t(int64_t(np) * (c + 1) / nc);
+                        Task& t = tasks_[nt++];
+                        t.seq = i;
+                        t.kv_head = h;
+                        t.segment = s;
+                        t.page_begin = pb;
+                        t.num_pages = pe - pb;
+                        t.num_tokens = pe == np ? int64_t(pe - pb - 1) * ps + tb.last_page_len[i]
+                                                : int64_t(pe - pb) * ps;
+                        t.slot = nc_total > 1 ? int32_t(slot++) : -1;
+                    }
                 }
             }
         }
         num_tasks_ = nt;
         num_merges_ = nm;
         prefix_[0] = 0;
-        for (int64_t t = 0; t < nt; ++t) prefix_[t + 1] = prefix_[t] + tasks_[t].num_tokens + kTaskOverheadTokens;
+        for (int64_t t = 0; t < nt; ++t)
+            prefix_[t + 1] = prefix_[t] + tasks_[t].num_tokens * 2 * seg_kv(a, tasks_[t].segment).token_bytes() +
+                             kTaskOverheadBytes;
     }
 
     void work(const DecodeArgs& a, int tid, int nt) {
@@ -208,8 +257,6 @@ private:
         const int64_t tb = first_of(tid), te = first_of(tid + 1);
         DecodeScratch& s = scratch_[tid];
         float* lse_tmp = lse_tmp_.ptr + size_t(tid) * group_;
-        const size_t es = dtype_size(a.kv.dtype);
-        const int64_t head_bytes = a.kv.head_stride() * int64_t(es);
         const float qscale = a.shape.sm_scale * kLog2e;
         for (int64_t ti = tb; ti < te; ++ti) {
             const Task& t = tasks_[ti];
@@ -220,19 +267,43 @@ private:
                 float* dst = s.q + int64_t(g) * hd_;
                 for (int d = 0; d < hd_; ++d) dst[d] = load_f32(a.q.data, a.q.dtype, at + d) * qscale;
             }
-            DecodeChunk ch;
-            ch.kv_dtype = a.kv.dtype;
-            ch.group = group_;
-            ch.head_dim = hd_;
-            ch.page_size = a.kv.page_size;
-            ch.k_base = static_cast<const char*>(a.kv.k) + t.kv_head * head_bytes;
-            ch.v_base = static_cast<const char*>(a.kv.v) + t.kv_head * head_bytes;
-            ch.page_stride_bytes = a.kv.page_stride() * int64_t(es);
-            ch.pages = a.table.indices + a.table.indptr[t.seq] + t.page_begin;
-            ch.num_tokens = t.num_tokens;
-            ch.scratch = &s;
-            ch.lse2 = t.slot < 0 ? lse_tmp : ws_lse_.ptr + size_t(t.slot) * group_;
-            fn_(ch);
+            const PagedKvView& kv = seg_kv(a, t.segment);
+            const PageTableView& tbl = seg_table(a, t.segment);
+            const int64_t head_bytes = kv.head_stride_bytes();
+            float* lse2 = t.slot < 0 ? lse_tmp : ws_lse_.ptr + size_t(t.slot) * group_;
+            if (kv.quantized()) {
+                QuantDecodeChunk ch;
+                ch.fmt = kv.quant;
+                ch.k_rot = kv.k_rot;
+                ch.v_rot = kv.v_rot;
+                ch.kv_head = t.kv_head;
+                ch.group = group_;
+                ch.page_size = kv.page_size;
+                ch.k_base = static_cast<const uint8_t*>(kv.k) + t.kv_head * head_bytes;
+                ch.v_base = static_cast<const uint8_t*>(kv.v) + t.kv_head * head_bytes;
+                ch.page_stride_bytes = kv.page_stride_bytes();
+                ch.pages = tbl.indices + tbl.indptr[t.seq] + t.page_begin;
+                ch.num_tokens = t.num_tokens;
+                ch.q = s.q;
+                ch.out = s.o;
+                ch.lse2 = lse2;
+                ch.scratch = quant_scratch_.ptr + size_t(tid) * quant_scratch_bytes_;
+                quant_fn_(ch);
+            } else {
+                DecodeChunk ch;
+                ch.kv_dtype = kv.dtype;
+                ch.group = group_;
+                ch.head_dim = hd_;
+                ch.page_size = kv.page_size;
+                ch.k_base = static_cast<const char*>(kv.k) + t.kv_head * head_bytes;
+                ch.v_base = static_cast<const char*>(kv.v) + t.kv_head * head_bytes;
+                ch.page_stride_bytes = kv.page_stride_bytes();
+                ch.pages = tbl.indices + tbl.indptr[t.seq] + t.page_begin;
+                ch.num_tokens = t.num_tokens;
+                ch.scratch = &s;
+                ch.lse2 = lse2;
+                fn_(ch);
+            }
             if (t.slot < 0) {
                 write_out(a, t.seq, t.kv_head, s.o, lse_tmp);
             } else {
@@ -292,6 +363,9 @@ private:
     AlignedArray<float> scratch_mem_;
     std::vector<DecodeScratch> scratch_;
     AlignedArray<float> lse_tmp_;
+    size_t quant_scratch_bytes_;
+    AlignedArray<uint8_t> quant_scratch_;
+    QuantChunkFn quant_fn_;
     int64_t num_tasks_ = 0;
     int64_t num_merges_ = 0;
 };

@@ -26,6 +26,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "cpu/prefill_internal.h"
+#include "cpu/quantize.h"
 
 namespace attn4j::cpu {
 namespace {
@@ -90,6 +91,27 @@ const void* kv_row_ptr(const PrefillArgs& a, bool v, int s, int kvh, int64_t j) 
     return static_cast<const char*>(v ? kv.v : kv.k) + size_t(off) * dsize(kv.dtype);
 }
 
+// Row j of sequence s, kv head kvh, as F32 in the original (un-rotated) space. Quantized pages are
+// decoded and rotated back here (chunked prefill over a quantized cache: correct, not fast).
+void load_kv_row(const PrefillArgs& a, bool v, int s, int kvh, int64_t j, float* out) {
+    if (!a.paged || !a.kv.quantized()) {
+        load_row(kv_row_ptr(a, v, s, kvh, j), a.paged ? a.kv.dtype : (v ? a.v : a.k).dtype, a.shape.head_dim, out);
+        return;
+    }
+    const PagedKvView& kv = a.kv;
+    const QuantFormat& f = kv.quant;
+    const int32_t page = a.table.indices[a.table.indptr[s] + j / kv.page_size];
+    const char* block = static_cast<const char*>(v ? kv.v : kv.k) + page * kv.page_stride_bytes() +
+                        int64_t(kvh) * kv.head_stride_bytes();
+    const int64_t slot = j % kv.page_size;
+    const uint8_t* codes = reinterpret_cast<const uint8_t*>(block) + slot * f.code_bytes();
+    const char* meta = block + int64_t(kv.page_size) * f.code_bytes() + slot * f.meta_bytes();
+    float rotated[256];
+    dequantize_row(codes, meta, f, rotated);
+    const RotationView& rot = v ? kv.v_rot : kv.k_rot;
+    unrotate_row(rotated, out, f.head_dim, rot.kind, rot.matrix_of(kvh, f.head_dim));
+}
+
 // ---- generic F32 path ----------------------------------------------------------------------------
 constexpr int kGenericBq = 16;
 constexpr int kGenericBk = 64;
@@ -104,7 +126,6 @@ void generic_task(const PrefillArgs& a, GenericScratch& sc, const Task& task) {
     const int n_q = int(a.qo_indptr[task.seq + 1] - qo_start);
     const int n_kv = int(seq_kv_len(a, task.seq));
     const int rows = task.nq * G;
-    const attn4j_dtype kv_dt = a.paged ? a.kv.dtype : a.k.dtype;
     const float scale = a.shape.sm_scale;
     const size_t q_es = dsize(a.q.dtype);
     for (int r = 0; r < rows; ++r) {
@@ -123,10 +144,9 @@ void generic_task(const PrefillArgs& a, GenericScratch& sc, const Task& task) {
         const int valid = std::min(Bk, kv_end - j0);
         float row[256];
         for (int n = 0; n < valid; ++n) {
-            load_row(kv_row_ptr(a, false, task.seq, task.kv_head, j0 + n), kv_dt, D, row);
+            load_kv_row(a, false, task.seq, task.kv_head, j0 + n, row);
             for (int d = 0; d < D; ++d) sc.kt[size_t(d) * Bk + n] = row[d];
-            load_row(kv_row_ptr(a, true, task.seq, task.kv_head, j0 + n), kv_dt, D,
-                     sc.v + size_t(n) * D);
+            load_kv_row(a, true, task.seq, task.kv_head, j0 + n, sc.v + size_t(n) * D);
         }
         for (int r = 0; r < rows; ++r) {
             int vis = valid;
@@ -178,7 +198,9 @@ public:
         : threads_(std::max(1, num_threads)) {
         const int D = desc.head_dim, G = desc.num_qo_heads / desc.num_kv_heads;
         const CpuFeatures& f = cpu_features();
-        const bool all_f32 = desc.q_dtype == ATTN4J_DTYPE_F32 && desc.kv_dtype == ATTN4J_DTYPE_F32;
+        // Quantized caches: the generic path dequantizes rows as it loads them.
+        const bool all_f32 = (desc.q_dtype == ATTN4J_DTYPE_F32 && desc.kv_dtype == ATTN4J_DTYPE_F32) ||
+                             quant_bits(desc.kv_dtype) != 0;
         const bool avx512 = f.isa == Isa::avx512 && f.avx512_bf16;
         path_ = (!all_f32 && avx512) ? Path::bf16 : Path::generic_f32;
         if (path_ == Path::bf16) {

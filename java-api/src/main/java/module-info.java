@@ -5,4 +5,5 @@
  */
 module org.attn4j {
     exports org.attn4j;
+    exports org.attn4j.quant;
 }

@@ -23,7 +23,10 @@ record AttentionConfig(int qoHeads, int kvHeads, int headDim, DType qDType, DTyp
             throw Attn4jException.invalid("headDim: must be > 0, got " + headDim);
         }
         floatType(qDType, "qDType");
-        floatType(kvDType, "kvDType");
+        if (kvDType == null || !(kvDType.isFloat() || kvDType.isQuantized())) {
+            throw Attn4jException.invalid("kvDType: must be F32, F16, BF16 (or INT8, INT4, INT2 for decode), got "
+                    + kvDType);
+        }
         floatType(outDType, "outDType");
         if (!(scale > 0) || Float.isInfinite(scale)) {
             throw Attn4jException.invalid("scale: must be finite and > 0, got " + scale);

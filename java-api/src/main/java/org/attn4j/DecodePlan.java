@@ -3,6 +3,8 @@ package org.attn4j;
 import java.lang.foreign.MemorySegment;
 
 import org.attn4j.bindings.Attn4jNative;
+import org.attn4j.bindings.attn4j_page_table;
+import org.attn4j.bindings.attn4j_paged_kv;
 import org.attn4j.bindings.attn4j_tensor;
 import org.attn4j.internal.Native;
 
@@ -16,18 +18,30 @@ public final class DecodePlan extends Plan {
     private final MemorySegment qDesc;
     private final MemorySegment outDesc;
     private final MemorySegment lseDesc;
+    private final MemorySegment segmentCaches;
+    private final MemorySegment segmentTables;
 
     DecodePlan(Builder b) {
         super(b.lib, b.config(false, true), Attn4jNative::attn4j_decode_plan_create, "decode plan");
         qDesc = attn4j_tensor.allocate(arena);
         outDesc = attn4j_tensor.allocate(arena);
         lseDesc = attn4j_tensor.allocate(arena);
+        segmentCaches = attn4j_paged_kv.allocateArray(2, arena);
+        segmentTables = attn4j_page_table.allocateArray(2, arena);
     }
 
     /** Builder for decode plans; see {@link Attention#decode(Attn4j)}. */
     public static final class Builder extends PlanBuilder<Builder> {
         Builder(Attn4j lib) {
             super(lib);
+        }
+
+        /** Takes kvHeads, headDim, pageSize and the quantized format's dtype from {@code cache}. */
+        public Builder forCache(TieredKvCache cache) {
+            if (cache == null) {
+                throw Attn4jException.invalid("cache: null");
+            }
+            return forCache(cache.quantized());
         }
 
         public DecodePlan build() {
@@ -63,5 +77,36 @@ public final class DecodePlan extends Plan {
         }
         Native.check(Attn4jNative.attn4j_decode_run(plan, qDesc, kv, table.nativeStruct("table"), outDesc, l),
                 "decode");
+    }
+
+    /**
+     * Decodes one step against a mixed-precision cache: each sequence attends to its quantized
+     * middle and its BF16 sinks and window, merged by log-sum-exp in the same native call. The
+     * plan is made {@linkplain Builder#forCache(TieredKvCache) for the cache}. {@code lse} may be
+     * null.
+     */
+    public void run(Tensor q, TieredKvCache cache, int layer, TieredKvCache.Tables tables, Tensor out, Tensor lse) {
+        MemorySegment plan = handle();
+        if (cache == null) {
+            throw Attn4jException.invalid("cache: null");
+        }
+        if (tables == null) {
+            throw Attn4jException.invalid("tables: null");
+        }
+        long kvSize = attn4j_paged_kv.sizeof();
+        long tSize = attn4j_page_table.sizeof();
+        MemorySegment.copy(cache.quantized().layerStruct(layer), 0, segmentCaches, 0, kvSize);
+        MemorySegment.copy(cache.precise().layerStruct(layer), 0, segmentCaches, kvSize, kvSize);
+        MemorySegment.copy(tables.quantized.nativeStruct("tables.quantized"), 0, segmentTables, 0, tSize);
+        MemorySegment.copy(tables.precise.nativeStruct("tables.precise"), 0, segmentTables, tSize, tSize);
+        NativeTensor.fill(qDesc, q, "q");
+        NativeTensor.fill(outDesc, out, "out");
+        MemorySegment l = MemorySegment.NULL;
+        if (lse != null) {
+            NativeTensor.fill(lseDesc, lse, "lse");
+            l = lseDesc;
+        }
+        Native.check(Attn4jNative.attn4j_decode_run_segments(plan, qDesc, 2, segmentCaches, segmentTables, outDesc,
+                l), "decode");
     }
 }

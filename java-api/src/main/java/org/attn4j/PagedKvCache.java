@@ -6,15 +6,20 @@ import java.lang.foreign.ValueLayout;
 import java.util.Arrays;
 
 import org.attn4j.bindings.Attn4jNative;
+import org.attn4j.bindings.attn4j_kv_quant;
 import org.attn4j.bindings.attn4j_paged_kv;
 import org.attn4j.bindings.attn4j_tensor;
 import org.attn4j.internal.HugePages;
 import org.attn4j.internal.Native;
+import org.attn4j.quant.Calibration;
 
 /**
  * A paged KV cache: for each layer, one K slab and one V slab of {@code numPages} pages, each page
  * holding {@code pageSize} tokens of every KV head (layout [page][kv_head][slot][head_dim]). A page
- * id names the same slot in every layer. Sequences own lists of pages; {@link #fork} shares full
+ * id names the same slot in every layer. The storage {@linkplain KvFormat format} is F32, F16,
+ * BF16 or a quantized one (INT8 / INT4 / INT2 codes with per-group scales, quantized on write,
+ * optionally rotated by Hadamard or by a {@link Calibration}); see {@link TieredKvCache} for BF16
+ * sinks and recent window over a quantized middle. Sequences own lists of pages; {@link #fork} shares full
  * pages copy-on-write style (the partial last page is copied) and {@link #free} returns pages.
  *
  * <p>Writing is two steps so one reservation serves every layer: {@link #reserve} grows the
@@ -29,6 +34,7 @@ public final class PagedKvCache implements AutoCloseable {
     private final int headDim;
     private final int pageSize;
     private final int numPages;
+    private final KvFormat format;
     private final DType dtype;
     private final long pageBytes;
     private final Arena arena;
@@ -57,8 +63,9 @@ public final class PagedKvCache implements AutoCloseable {
         this.headDim = b.headDim;
         this.pageSize = b.pageSize;
         this.numPages = b.numPages;
-        this.dtype = b.dtype;
-        this.pageBytes = (long) kvHeads * pageSize * headDim * dtype.byteSize();
+        this.format = b.format;
+        this.dtype = format.dtype();
+        this.pageBytes = (long) kvHeads * pageSize * format.tokenBytes(headDim);
         long slabBytes = Math.multiplyExact(pageBytes, (long) numPages);
         this.arena = Arena.ofShared();
         try {
@@ -81,6 +88,9 @@ public final class PagedKvCache implements AutoCloseable {
                 attn4j_paged_kv.v_data(s, vSlabs[l]);
                 attn4j_paged_kv.k_size_bytes(s, slabBytes);
                 attn4j_paged_kv.v_size_bytes(s, slabBytes);
+                if (format.isQuantized()) {
+                    fillQuant(attn4j_paged_kv.quant(s), l, b.calibration);
+                }
                 layerStructs[l] = s;
             }
             kDesc = attn4j_tensor.allocate(arena);
@@ -110,7 +120,9 @@ public final class PagedKvCache implements AutoCloseable {
         private int headDim = -1;
         private int pageSize = 16;
         private int numPages = -1;
-        private DType dtype = DType.BF16;
+        private KvFormat format = KvFormat.of(DType.BF16);
+        private boolean defaultGroup;
+        private Calibration calibration;
 
         private Builder(Attn4j lib) {
             if (lib == null) {
@@ -145,9 +157,37 @@ public final class PagedKvCache implements AutoCloseable {
             return this;
         }
 
-        /** Storage format: F32, F16 or BF16 (default). */
+        /**
+         * Storage type: F32, F16, BF16 (default), or INT8 / INT4 / INT2 with the defaults of
+         * {@link KvFormat#quantized} and groups of min(128, headDim) values. Use
+         * {@link #format(KvFormat)} for rotations, clipping and other group sizes.
+         */
         public Builder dtype(DType dtype) {
-            this.dtype = dtype;
+            if (dtype == null) {
+                throw Attn4jException.invalid("dtype: null");
+            }
+            this.format = dtype.isQuantized() ? KvFormat.quantized(dtype, 128) : KvFormat.of(dtype);
+            this.defaultGroup = dtype.isQuantized();
+            return this;
+        }
+
+        /** Storage format (float or quantized). */
+        public Builder format(KvFormat format) {
+            if (format == null) {
+                throw Attn4jException.invalid("format: null");
+            }
+            this.format = format;
+            this.defaultGroup = false;
+            return this;
+        }
+
+        /**
+         * Per-layer, per-head rotations and clipping ratios for a format with
+         * {@link Rotation#CALIBRATED}; checked against the cache's layers, kvHeads, headDim, bits
+         * and group size.
+         */
+        public Builder calibration(Calibration calibration) {
+            this.calibration = calibration;
             return this;
         }
 
@@ -157,9 +197,10 @@ public final class PagedKvCache implements AutoCloseable {
             positive("headDim", headDim);
             positive("pageSize", pageSize);
             positive("numPages", numPages);
-            if (dtype == null || !dtype.isFloat()) {
-                throw Attn4jException.invalid("dtype: KV storage must be F32, F16 or BF16, got " + dtype);
+            if (defaultGroup) {
+                format = KvFormat.quantized(format.dtype(), headDim % 128 == 0 ? 128 : headDim % 64 == 0 ? 64 : 32);
             }
+            checkFormat(format, calibration, layers, kvHeads, headDim);
             if (lib.device().kind() != Device.Kind.CPU) {
                 throw new Attn4jException(Status.UNSUPPORTED, "lib: paged KV caches on " + lib.device()
                         + " are not supported yet (CPU only in this version)");
@@ -194,22 +235,27 @@ public final class PagedKvCache implements AutoCloseable {
         return numPages;
     }
 
+    /** The storage type: F32, F16, BF16, INT8, INT4 or INT2 (see {@link #format()}). */
     public DType dtype() {
         return dtype;
+    }
+
+    public KvFormat format() {
+        return format;
     }
 
     public int freePageCount() {
         return freeTop;
     }
 
-    /** Bytes one token occupies across K and V of one layer (all KV heads). */
+    /** Bytes one token occupies across K and V of one layer (all KV heads), scales included. */
     public long bytesPerToken() {
-        return 2L * kvHeads * headDim * dtype.byteSize();
+        return 2L * kvHeads * format.tokenBytes(headDim);
     }
 
     /** Bits stored per K or V element (16 for BF16; quantized formats include scales and zeros). */
     public double effectiveBitsPerElement() {
-        return dtype.byteSize() * 8.0;
+        return format.effectiveBits(headDim);
     }
 
     // ---- sequences ----
@@ -498,6 +544,46 @@ public final class PagedKvCache implements AutoCloseable {
         table.publish(seqs.length, nnz);
     }
 
+    // ---- package-private, for TieredKvCache ----
+
+    /** Page {@code index} of sequence {@code seq}. */
+    int pageOf(int seq, int index) {
+        Sequence s = sequence(seq, "seq");
+        if (index < 0 || index >= s.pageCount) {
+            throw Attn4jException.invalid("index: page " + index + " outside [0, " + s.pageCount + ")");
+        }
+        return s.pages[index];
+    }
+
+    /**
+     * Removes full page {@code index} from sequence {@code seq} (its tokens leave the sequence;
+     * attention over a sequence does not depend on the order of its pages). The page is freed
+     * unless another sequence shares it.
+     */
+    void dropFullPage(int seq, int index) {
+        Sequence s = sequence(seq, "seq");
+        boolean full = index < s.pageCount - 1 || (index == s.pageCount - 1 && s.length % pageSize == 0);
+        if (index < 0 || index >= s.pageCount || !full) {
+            throw Attn4jException.invalid("index: page " + index + " of sequence " + seq + " is not a full page");
+        }
+        int p = s.pages[index];
+        System.arraycopy(s.pages, index + 1, s.pages, index, s.pageCount - index - 1);
+        s.pageCount--;
+        s.length -= pageSize;
+        releasePage(p);
+    }
+
+    /**
+     * K ({@code value == false}) or V of one page of one layer as a [pageSize, kvHeads, headDim]
+     * tensor view (float formats only): the source of a move into another cache.
+     */
+    Tensor pageView(int layer, int page, boolean value) {
+        checkLayer(layer);
+        MemorySegment slab = value ? vSlabs[layer] : kSlabs[layer];
+        return Tensor.of(slab.asSlice(page * pageBytes, pageBytes), dtype,
+                new long[] {pageSize, kvHeads, headDim}, new long[] {headDim, (long) pageSize * headDim, 1});
+    }
+
     // ---- package-private, for plans ----
 
     MemorySegment layerStruct(int layer) {
@@ -510,6 +596,47 @@ public final class PagedKvCache implements AutoCloseable {
     public void close() {
         if (arena.scope().isAlive()) {
             arena.close();
+        }
+    }
+
+    private void fillQuant(MemorySegment q, int layer, Calibration cal) {
+        attn4j_kv_quant.group_size(q, format.groupSize());
+        attn4j_kv_quant.meta_dtype(q, format.metaDtype().code());
+        Rotation r = format.rotation();
+        int nativeRot = r == Rotation.CALIBRATED ? 2 : r.code();
+        attn4j_kv_quant.k_rotation(q, nativeRot);
+        attn4j_kv_quant.v_rotation(q, nativeRot);
+        float[] kClip = new float[kvHeads];
+        float[] vClip = new float[kvHeads];
+        for (int h = 0; h < kvHeads; h++) {
+            kClip[h] = cal != null ? cal.kClip(layer, h) : format.keyClip();
+            vClip[h] = cal != null ? cal.vClip(layer, h) : format.valueClip();
+        }
+        attn4j_kv_quant.k_clip(q, arena.allocateFrom(ValueLayout.JAVA_FLOAT, kClip));
+        attn4j_kv_quant.v_clip(q, arena.allocateFrom(ValueLayout.JAVA_FLOAT, vClip));
+        if (r == Rotation.CALIBRATED) {
+            attn4j_kv_quant.k_matrix(q, arena.allocateFrom(ValueLayout.JAVA_FLOAT, cal.kRotations(layer)));
+            attn4j_kv_quant.v_matrix(q, arena.allocateFrom(ValueLayout.JAVA_FLOAT, cal.vRotations(layer)));
+        } else {
+            attn4j_kv_quant.k_matrix(q, MemorySegment.NULL);
+            attn4j_kv_quant.v_matrix(q, MemorySegment.NULL);
+        }
+    }
+
+    static void checkFormat(KvFormat f, Calibration cal, int layers, int kvHeads, int headDim) {
+        f.tokenBytes(headDim);  // group size divides head_dim
+        if (f.rotation() == Rotation.HADAMARD && Integer.bitCount(headDim) != 1) {
+            throw Attn4jException.invalid("format: Hadamard rotation needs a power-of-two headDim, got " + headDim);
+        }
+        if (f.rotation() == Rotation.CALIBRATED && cal == null) {
+            throw Attn4jException.invalid("calibration: format " + f + " needs a calibration (Builder.calibration)");
+        }
+        if (cal != null && f.rotation() != Rotation.CALIBRATED) {
+            throw Attn4jException.invalid("calibration: given, but format " + f
+                    + " does not use it; use format.withRotation(Rotation.CALIBRATED)");
+        }
+        if (cal != null) {
+            cal.requireMatches(layers, kvHeads, headDim, f.dtype().bits(), f.groupSize());
         }
     }
 

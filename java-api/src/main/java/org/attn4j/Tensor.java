@@ -44,6 +44,7 @@ public final class Tensor {
         if (dtype == null) {
             throw Attn4jException.invalid("dtype: null");
         }
+        requireTensorType(dtype);
         long[] s = checkShape(shape);
         if (strides == null || strides.length != s.length) {
             throw Attn4jException.invalid("strides: expected " + s.length + " strides, got "
@@ -80,6 +81,7 @@ public final class Tensor {
 
     /** Allocates a contiguous, 64-byte-aligned host tensor in {@code arena}; contents are zero. */
     public static Tensor allocate(Arena arena, DType dtype, long... shape) {
+        requireTensorType(dtype);
         long[] s = checkShape(shape);
         long bytes = Math.multiplyExact(elementCount(s), dtype.byteSize());
         return of(arena.allocate(Math.max(bytes, 1), 64), dtype, s);
@@ -168,6 +170,7 @@ public final class Tensor {
             case F16 -> Floats.fromF16(segment.get(ValueLayout.JAVA_SHORT_UNALIGNED, off));
             case BF16 -> Floats.fromBf16(segment.get(ValueLayout.JAVA_SHORT_UNALIGNED, off));
             case I32 -> segment.get(ValueLayout.JAVA_INT_UNALIGNED, off);
+            case INT8, INT4, INT2 -> throw new IllegalStateException("unreachable: tensors never hold " + dtype);
         };
     }
 
@@ -179,6 +182,7 @@ public final class Tensor {
             case F16 -> segment.set(ValueLayout.JAVA_SHORT_UNALIGNED, off, Floats.toF16(value));
             case BF16 -> segment.set(ValueLayout.JAVA_SHORT_UNALIGNED, off, Floats.toBf16(value));
             case I32 -> segment.set(ValueLayout.JAVA_INT_UNALIGNED, off, (int) value);
+            case INT8, INT4, INT2 -> throw new IllegalStateException("unreachable: tensors never hold " + dtype);
         }
     }
 
@@ -235,5 +239,15 @@ public final class Tensor {
             }
         }
         return shape.clone();
+    }
+
+    private static void requireTensorType(DType dtype) {
+        if (dtype == null) {
+            throw Attn4jException.invalid("dtype: null");
+        }
+        if (dtype.isQuantized()) {
+            throw Attn4jException.invalid("dtype: " + dtype + " is a KV cache format; tensors hold F32, F16, "
+                    + "BF16 or I32");
+        }
     }
 }

@@ -23,10 +23,10 @@ public class Attn4jNative extends Attn4jNative$shared {
     static final SymbolLookup SYMBOL_LOOKUP = SymbolLookup.loaderLookup()
             .or(Linker.nativeLinker().defaultLookup());
 
-    private static final int ATTN4J_ABI_VERSION = (int)1L;
+    private static final int ATTN4J_ABI_VERSION = (int)2L;
     /**
      * {@snippet lang=c :
-     * #define ATTN4J_ABI_VERSION 1
+     * #define ATTN4J_ABI_VERSION 2
      * }
      */
     public static int ATTN4J_ABI_VERSION() {
@@ -122,6 +122,33 @@ public class Attn4jNative extends Attn4jNative$shared {
     public static int ATTN4J_DTYPE_I32() {
         return ATTN4J_DTYPE_I32;
     }
+    private static final int ATTN4J_DTYPE_INT8 = (int)16L;
+    /**
+     * {@snippet lang=c :
+     * #define ATTN4J_DTYPE_INT8 16
+     * }
+     */
+    public static int ATTN4J_DTYPE_INT8() {
+        return ATTN4J_DTYPE_INT8;
+    }
+    private static final int ATTN4J_DTYPE_INT4 = (int)17L;
+    /**
+     * {@snippet lang=c :
+     * #define ATTN4J_DTYPE_INT4 17
+     * }
+     */
+    public static int ATTN4J_DTYPE_INT4() {
+        return ATTN4J_DTYPE_INT4;
+    }
+    private static final int ATTN4J_DTYPE_INT2 = (int)18L;
+    /**
+     * {@snippet lang=c :
+     * #define ATTN4J_DTYPE_INT2 18
+     * }
+     */
+    public static int ATTN4J_DTYPE_INT2() {
+        return ATTN4J_DTYPE_INT2;
+    }
     private static final int ATTN4J_DEVICE_CPU = (int)1L;
     /**
      * {@snippet lang=c :
@@ -148,6 +175,33 @@ public class Attn4jNative extends Attn4jNative$shared {
      */
     public static int ATTN4J_MAX_RANK() {
         return ATTN4J_MAX_RANK;
+    }
+    private static final int ATTN4J_ROTATION_NONE = (int)0L;
+    /**
+     * {@snippet lang=c :
+     * #define ATTN4J_ROTATION_NONE 0
+     * }
+     */
+    public static int ATTN4J_ROTATION_NONE() {
+        return ATTN4J_ROTATION_NONE;
+    }
+    private static final int ATTN4J_ROTATION_HADAMARD = (int)1L;
+    /**
+     * {@snippet lang=c :
+     * #define ATTN4J_ROTATION_HADAMARD 1
+     * }
+     */
+    public static int ATTN4J_ROTATION_HADAMARD() {
+        return ATTN4J_ROTATION_HADAMARD;
+    }
+    private static final int ATTN4J_ROTATION_MATRIX = (int)2L;
+    /**
+     * {@snippet lang=c :
+     * #define ATTN4J_ROTATION_MATRIX 2
+     * }
+     */
+    public static int ATTN4J_ROTATION_MATRIX() {
+        return ATTN4J_ROTATION_MATRIX;
     }
     /**
      * {@snippet lang=c :
@@ -701,6 +755,75 @@ public class Attn4jNative extends Attn4jNative$shared {
            throw new AssertionError("should not reach here", ex$);
         }
     }
+    /**
+     * {@snippet lang=c :
+     * typedef int32_t attn4j_rotation
+     * }
+     */
+    public static final OfInt attn4j_rotation = Attn4jNative.C_INT;
+
+    private static class attn4j_kv_token_bytes {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            Attn4jNative.C_LONG,
+            Attn4jNative.C_INT,
+            Attn4jNative.C_INT,
+            Attn4jNative.C_INT,
+            Attn4jNative.C_INT
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("attn4j_kv_token_bytes");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * int64_t attn4j_kv_token_bytes(attn4j_dtype dtype, int32_t head_dim, int32_t group_size, attn4j_dtype meta_dtype)
+     * }
+     */
+    public static FunctionDescriptor attn4j_kv_token_bytes$descriptor() {
+        return attn4j_kv_token_bytes.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * int64_t attn4j_kv_token_bytes(attn4j_dtype dtype, int32_t head_dim, int32_t group_size, attn4j_dtype meta_dtype)
+     * }
+     */
+    public static MethodHandle attn4j_kv_token_bytes$handle() {
+        return attn4j_kv_token_bytes.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * int64_t attn4j_kv_token_bytes(attn4j_dtype dtype, int32_t head_dim, int32_t group_size, attn4j_dtype meta_dtype)
+     * }
+     */
+    public static MemorySegment attn4j_kv_token_bytes$address() {
+        return attn4j_kv_token_bytes.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * int64_t attn4j_kv_token_bytes(attn4j_dtype dtype, int32_t head_dim, int32_t group_size, attn4j_dtype meta_dtype)
+     * }
+     */
+    public static long attn4j_kv_token_bytes(int dtype, int head_dim, int group_size, int meta_dtype) {
+        var mh$ = attn4j_kv_token_bytes.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("attn4j_kv_token_bytes", dtype, head_dim, group_size, meta_dtype);
+            }
+            return (long)mh$.invokeExact(dtype, head_dim, group_size, meta_dtype);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
 
     private static class attn4j_paged_kv_append {
         public static final FunctionDescriptor DESC = FunctionDescriptor.of(
@@ -887,6 +1010,72 @@ public class Attn4jNative extends Attn4jNative$shared {
                 traceDowncall("attn4j_decode_run", plan, q, cache, table, out, lse);
             }
             return (int)mh$.invokeExact(plan, q, cache, table, out, lse);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
+    private static class attn4j_decode_run_segments {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            Attn4jNative.C_INT,
+            Attn4jNative.C_POINTER,
+            Attn4jNative.C_POINTER,
+            Attn4jNative.C_INT,
+            Attn4jNative.C_POINTER,
+            Attn4jNative.C_POINTER,
+            Attn4jNative.C_POINTER,
+            Attn4jNative.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("attn4j_decode_run_segments");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_decode_run_segments(attn4j_plan *plan, const attn4j_tensor *q, int32_t num_segments, const attn4j_paged_kv *caches, const attn4j_page_table *tables, attn4j_tensor *out, attn4j_tensor *lse)
+     * }
+     */
+    public static FunctionDescriptor attn4j_decode_run_segments$descriptor() {
+        return attn4j_decode_run_segments.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_decode_run_segments(attn4j_plan *plan, const attn4j_tensor *q, int32_t num_segments, const attn4j_paged_kv *caches, const attn4j_page_table *tables, attn4j_tensor *out, attn4j_tensor *lse)
+     * }
+     */
+    public static MethodHandle attn4j_decode_run_segments$handle() {
+        return attn4j_decode_run_segments.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_decode_run_segments(attn4j_plan *plan, const attn4j_tensor *q, int32_t num_segments, const attn4j_paged_kv *caches, const attn4j_page_table *tables, attn4j_tensor *out, attn4j_tensor *lse)
+     * }
+     */
+    public static MemorySegment attn4j_decode_run_segments$address() {
+        return attn4j_decode_run_segments.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * attn4j_status attn4j_decode_run_segments(attn4j_plan *plan, const attn4j_tensor *q, int32_t num_segments, const attn4j_paged_kv *caches, const attn4j_page_table *tables, attn4j_tensor *out, attn4j_tensor *lse)
+     * }
+     */
+    public static int attn4j_decode_run_segments(MemorySegment plan, MemorySegment q, int num_segments, MemorySegment caches, MemorySegment tables, MemorySegment out, MemorySegment lse) {
+        var mh$ = attn4j_decode_run_segments.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("attn4j_decode_run_segments", plan, q, num_segments, caches, tables, out, lse);
+            }
+            return (int)mh$.invokeExact(plan, q, num_segments, caches, tables, out, lse);
         } catch (Error | RuntimeException ex) {
            throw ex;
         } catch (Throwable ex$) {

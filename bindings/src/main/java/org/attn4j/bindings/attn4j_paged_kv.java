@@ -27,6 +27,7 @@ import static java.lang.foreign.MemoryLayout.PathElement.*;
  *     void *v_data;
  *     int64_t k_size_bytes;
  *     int64_t v_size_bytes;
+ *     attn4j_kv_quant quant;
  * }
  * }
  */
@@ -48,7 +49,8 @@ public class attn4j_paged_kv {
         Attn4jNative.C_POINTER.withName("k_data"),
         Attn4jNative.C_POINTER.withName("v_data"),
         Attn4jNative.C_LONG.withName("k_size_bytes"),
-        Attn4jNative.C_LONG.withName("v_size_bytes")
+        Attn4jNative.C_LONG.withName("v_size_bytes"),
+        attn4j_kv_quant.layout().withName("quant")
     ).withName("attn4j_paged_kv");
 
     /**
@@ -584,6 +586,50 @@ public class attn4j_paged_kv {
      */
     public static void v_size_bytes(MemorySegment struct, long fieldValue) {
         struct.set(v_size_bytes$LAYOUT, v_size_bytes$OFFSET, fieldValue);
+    }
+
+    private static final GroupLayout quant$LAYOUT = (GroupLayout)$LAYOUT.select(groupElement("quant"));
+
+    /**
+     * Layout for field:
+     * {@snippet lang=c :
+     * attn4j_kv_quant quant
+     * }
+     */
+    public static final GroupLayout quant$layout() {
+        return quant$LAYOUT;
+    }
+
+    private static final long quant$OFFSET = $LAYOUT.byteOffset(groupElement("quant"));
+
+    /**
+     * Offset for field:
+     * {@snippet lang=c :
+     * attn4j_kv_quant quant
+     * }
+     */
+    public static final long quant$offset() {
+        return quant$OFFSET;
+    }
+
+    /**
+     * Getter for field:
+     * {@snippet lang=c :
+     * attn4j_kv_quant quant
+     * }
+     */
+    public static MemorySegment quant(MemorySegment struct) {
+        return struct.asSlice(quant$OFFSET, quant$LAYOUT.byteSize());
+    }
+
+    /**
+     * Setter for field:
+     * {@snippet lang=c :
+     * attn4j_kv_quant quant
+     * }
+     */
+    public static void quant(MemorySegment struct, MemorySegment fieldValue) {
+        MemorySegment.copy(fieldValue, 0L, struct, quant$OFFSET, quant$LAYOUT.byteSize());
     }
 
     /**

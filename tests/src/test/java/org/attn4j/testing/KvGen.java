@@ -134,6 +134,7 @@ public final class KvGen {
             case F16 -> Float.float16ToFloat(Float.floatToFloat16(x));
             case BF16 -> bf16(x);
             case I32 -> (float) (int) x;
+            case INT8, INT4, INT2 -> throw new IllegalArgumentException(t + " is not an element type");
         };
     }
 

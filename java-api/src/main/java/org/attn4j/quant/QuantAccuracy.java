@@ -1,0 +1,127 @@
+package org.attn4j.quant;
+
+import java.lang.foreign.Arena;
+
+import org.attn4j.Attention;
+import org.attn4j.Attn4j;
+import org.attn4j.Attn4jException;
+import org.attn4j.DType;
+import org.attn4j.DecodePlan;
+import org.attn4j.KvFormat;
+import org.attn4j.PagedKvCache;
+import org.attn4j.Status;
+import org.attn4j.Tensor;
+import org.attn4j.TieredKvCache;
+
+/**
+ * Accuracy of a KV format on one layer of data: the decode output of the query {@code q} over the
+ * stored (quantized) K/V, compared with an fp64 attention over the original, unquantized K/V. The
+ * figure {@code attn4j verify} and the accuracy tests report: {@code ||out - ref|| / ||ref||} over
+ * all query heads.
+ */
+public final class QuantAccuracy {
+    private QuantAccuracy() {}
+
+    /**
+     * Relative error of decoding {@code q [qoHeads][d]} over {@code k, v [tokens][kvHeads][d]}
+     * stored as {@code format}; {@code sinks} and {@code window} > 0 keep those tokens in BF16
+     * (a {@link TieredKvCache}), both 0 store every token in {@code format}. {@code calibration}
+     * is needed for a calibrated rotation, null otherwise.
+     */
+    public static double relativeError(Attn4j lib, float[] q, float[] k, float[] v, int qoHeads, int kvHeads, int headDim,
+            int tokens, KvFormat format, Calibration calibration, int sinks, int window, int pageSize) {
+        if (q.length != qoHeads * headDim || k.length != (long) tokens * kvHeads * headDim || v.length != k.length) {
+            throw new Attn4jException(Status.INVALID_ARGUMENT, "q, k, v: sizes " + q.length + ", " + k.length + ", " + v.length
+                    + " do not match qoHeads " + qoHeads + ", tokens " + tokens + ", kvHeads " + kvHeads + ", headDim "
+                    + headDim);
+        }
+        int pages = (tokens + pageSize - 1) / pageSize + 2;
+        float[] out;
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor kt = Tensor.ofFloats(arena, DType.F32, k, tokens, kvHeads, headDim);
+            Tensor vt = Tensor.ofFloats(arena, DType.F32, v, tokens, kvHeads, headDim);
+            Tensor qt = Tensor.ofFloats(arena, DType.F32, q, 1, qoHeads, headDim);
+            Tensor ot = Tensor.allocate(arena, DType.F32, 1, qoHeads, headDim);
+            int[] seqs = {0};
+            int[] counts = {tokens};
+            if (sinks > 0 || window > 0) {
+                try (TieredKvCache cache = TieredKvCache.builder(lib).kvHeads(kvHeads).headDim(headDim)
+                        .pageSize(pageSize).numPages((sinks + window) / pageSize + 4, pages).format(format)
+                        .calibration(calibration).sinks(sinks).window(window).build();
+                        DecodePlan plan = Attention.decode(lib).forCache(cache).qoHeads(qoHeads).qDType(DType.F32)
+                                .outDType(DType.F32).build()) {
+                    int seq = cache.newSequence();
+                    seqs[0] = seq;
+                    // Token by token in page-sized steps, as an engine would: the window moves along.
+                    for (int t = 0; t < tokens; t += pageSize) {
+                        int n = Math.min(pageSize, tokens - t);
+                        counts[0] = n;
+                        PagedKvCache.Reservation r = cache.reserve(seqs, counts);
+                        cache.write(0, r, rows(arena, k, t, n, kvHeads, headDim), rows(arena, v, t, n, kvHeads, headDim));
+                    }
+                    cache.compact(seqs);
+                    plan.run(qt, cache, 0, cache.tables(seqs), ot, null);
+                }
+            } else {
+                try (PagedKvCache cache = PagedKvCache.builder(lib).kvHeads(kvHeads).headDim(headDim).pageSize(pageSize)
+                        .numPages(pages).format(format).calibration(calibration).build();
+                        DecodePlan plan = Attention.decode(lib).forCache(cache).qoHeads(qoHeads).qDType(DType.F32)
+                                .outDType(DType.F32).build()) {
+                    seqs[0] = cache.newSequence();
+                    cache.append(seqs, counts, kt, vt);
+                    plan.run(qt, cache, 0, cache.pageTable(seqs), ot);
+                }
+            }
+            out = ot.toFloatArray();
+        }
+        double[] ref = referenceDecode(q, k, v, qoHeads, kvHeads, headDim, tokens);
+        double num = 0;
+        double den = 0;
+        for (int i = 0; i < ref.length; i++) {
+            double e = out[i] - ref[i];
+            num += e * e;
+            den += ref[i] * ref[i];
+        }
+        return Math.sqrt(num / den);
+    }
+
+    private static Tensor rows(Arena arena, float[] x, int from, int n, int kvHeads, int headDim) {
+        int stride = kvHeads * headDim;
+        float[] part = java.util.Arrays.copyOfRange(x, from * stride, (from + n) * stride);
+        return Tensor.ofFloats(arena, DType.F32, part, n, kvHeads, headDim);
+    }
+
+    /** fp64 softmax(q k^T / sqrt(d)) v per query head; returns [qoHeads][d]. */
+    static double[] referenceDecode(float[] q, float[] k, float[] v, int qoHeads, int kvHeads, int d, int tokens) {
+        double[] out = new double[qoHeads * d];
+        double scale = 1.0 / Math.sqrt(d);
+        int group = qoHeads / kvHeads;
+        double[] s = new double[tokens];
+        for (int h = 0; h < qoHeads; h++) {
+            int kh = h / group;
+            double mx = Double.NEGATIVE_INFINITY;
+            for (int t = 0; t < tokens; t++) {
+                double dot = 0;
+                int off = (t * kvHeads + kh) * d;
+                for (int i = 0; i < d; i++) {
+                    dot += (double) q[h * d + i] * k[off + i];
+                }
+                s[t] = dot * scale;
+                mx = Math.max(mx, s[t]);
+            }
+            double sum = 0;
+            for (int t = 0; t < tokens; t++) {
+                s[t] = Math.exp(s[t] - mx);
+                sum += s[t];
+            }
+            for (int t = 0; t < tokens; t++) {
+                double p = s[t] / sum;
+                int off = (t * kvHeads + kh) * d;
+                for (int i = 0; i < d; i++) {
+                    out[h * d + i] += p * v[off + i];
+                }
+            }
+        }
+        return out;
+    }
+}

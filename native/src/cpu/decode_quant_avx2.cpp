@@ -1,0 +1,231 @@
+// AVX2 + FMA + F16C fused quantized decode chunk kernel (decode_quant_impl.h): vpmaddubsw /
+// vpmaddwd integer dot products for QK, 8-wide F32 FMAs for PV. Compiled with the AVX2 flags
+// (file name suffix), called only when cpu_features() reports AVX2, FMA and F16C.
+#include <immintrin.h>
+
+#include "cpu/decode_kernel_impl.h"  // exp2 coefficients
+#include "cpu/decode_quant_impl.h"
+
+namespace attn4j::cpu {
+namespace {
+
+using namespace quant_impl;
+
+struct Avx2QuantOps {
+    static constexpr int kPrefetchTokens = 64;   // look-ahead in tokens (multiple of 8)
+    static constexpr int kPrefetchLocality = 1;  // prefetcht2, as the float kernel
+    using V = __m256;
+    static inline V zero() { return _mm256_setzero_ps(); }
+    static inline V set1(float x) { return _mm256_set1_ps(x); }
+    static inline V load(const float* p) { return _mm256_loadu_ps(p); }
+    static inline void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+    static inline V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+    static inline V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+    static inline V add(V a, V b) { return _mm256_add_ps(a, b); }
+    static inline V sub(V a, V b) { return _mm256_sub_ps(a, b); }
+    static inline float hmax(V v) {
+        __m128 x = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        x = _mm_max_ps(x, _mm_movehl_ps(x, x));
+        x = _mm_max_ss(x, _mm_movehdup_ps(x));
+        return _mm_cvtss_f32(x);
+    }
+    static inline float hsum(V v) {
+        __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+        x = _mm_add_ss(x, _mm_movehdup_ps(x));
+        return _mm_cvtss_f32(x);
+    }
+    static inline V tail_mask(int n) {
+        const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        return _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(n), idx));
+    }
+    static inline V mask_neg_inf(V s, int n) { return _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), s, tail_mask(n)); }
+    static inline V mask_zero(V s, int n) { return _mm256_and_ps(s, tail_mask(n)); }
+    // 8 vectors (8 floats apart) -> lane k holds the sum of vector k.
+    static inline V reduce_rows(const float* a) {
+        const V t0 = _mm256_hadd_ps(load(a + 0), load(a + 8));
+        const V t1 = _mm256_hadd_ps(load(a + 16), load(a + 24));
+        const V t2 = _mm256_hadd_ps(load(a + 32), load(a + 40));
+        const V t3 = _mm256_hadd_ps(load(a + 48), load(a + 56));
+        const V u0 = _mm256_hadd_ps(t0, t1);
+        const V u1 = _mm256_hadd_ps(t2, t3);
+        return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+    }
+    static inline V exp2(V x) {
+        using namespace decode_impl;
+        x = _mm256_max_ps(x, _mm256_set1_ps(-126.f));
+        const V n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        const V f = _mm256_sub_ps(x, n);
+        V p = _mm256_set1_ps(kExp2C7);
+        p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kExp2C6));
+        p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kExp2C5));
+        p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kExp2C4));
+        p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kExp2C3));
+        p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kExp2C2));
+        p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kExp2C1));
+        p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.f));
+        const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+        return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+    }
+    static inline float exp2_scalar(float x) { return std::exp2(x); }
+
+    // INT8: codes zero-extended to s16, q s16 (natural order), vpmaddwd; nb multiple of 16.
+    template <int GN>
+    static inline void kdot_i16(const uint8_t* codes, int nb, const int16_t* q, int qstride, float* const* out) {
+        __m256i acc[GN];
+        for (int h = 0; h < GN; ++h) acc[h] = _mm256_setzero_si256();
+        for (int u = 0; u < nb; u += 16) {
+            const __m256i c = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + u)));
+            for (int h = 0; h < GN; ++h)
+                acc[h] = _mm256_add_epi32(acc[h], _mm256_madd_epi16(c, _mm256_loadu_si256(
+                                                                      reinterpret_cast<const __m256i*>(q + h * qstride + u))));
+        }
+        for (int h = 0; h < GN; ++h) _mm256_storeu_ps(out[h], _mm256_cvtepi32_ps(acc[h]));
+    }
+
+    // INT4 / INT2 (n >= 32): shifted+masked code bytes (u8) x q s8 (unit order) by vpmaddubsw,
+    // s16 sums over the group's units (<= 4 units: |sum| <= 4 * 2 * 15 * 127 < 2^15); the same
+    // for the s8 residual of q (q[qstride ..]); out = 127 * (q_int . c) + (q_res . c) by
+    // vpmaddwd with 127 / 1.
+    template <int BITS, int GN>
+    static inline void kdot_i8(const uint8_t* codes, int nb, const int8_t* q, int qstride, float* const* out) {
+        constexpr int per = 8 / BITS;
+        const __m256i mask = _mm256_set1_epi8(char((1 << BITS) - 1));
+        __m256i acc[GN], res[GN];
+        for (int h = 0; h < GN; ++h) acc[h] = res[h] = _mm256_setzero_si256();
+        for (int cb = 0; cb < nb / 32; ++cb) {
+            const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + cb * 32));
+            for (int sh = 0; sh < per; ++sh) {
+                const __m256i u = _mm256_and_si256(_mm256_srli_epi16(x, BITS * sh), mask);
+                for (int h = 0; h < GN; ++h) {
+                    const int8_t* qh = q + 2 * h * qstride + (cb * per + sh) * 32;
+                    acc[h] = _mm256_add_epi16(acc[h], _mm256_maddubs_epi16(u, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qh))));
+                    res[h] = _mm256_add_epi16(res[h], _mm256_maddubs_epi16(u, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qh + qstride))));
+                }
+            }
+        }
+        const __m256i ones = _mm256_set1_epi16(1), w127 = _mm256_set1_epi16(127);
+        for (int h = 0; h < GN; ++h)
+            _mm256_storeu_ps(out[h], _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_madd_epi16(acc[h], w127),
+                                                                          _mm256_madd_epi16(res[h], ones))));
+    }
+
+    // Codes widened 8 at a time to F32, FMA with float q in V order (groups with n < 32).
+    template <int BITS, int GN>
+    static inline void kdot_f32(const uint8_t* codes, int nb, const float* q, int qstride, float* const* out) {
+        constexpr int per = 8 / BITS;
+        const __m256i mask = _mm256_set1_epi32((1 << BITS) - 1);
+        V acc[GN];
+        for (int h = 0; h < GN; ++h) acc[h] = zero();
+        for (int bc = 0; bc < nb / 8; ++bc) {
+            const __m256i x = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + bc * 8)));
+            for (int sh = 0; sh < per; ++sh) {
+                const V c = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(x, BITS * sh), mask));
+                for (int h = 0; h < GN; ++h) acc[h] = fma(c, load(q + h * qstride + (bc * per + sh) * 8), acc[h]);
+            }
+        }
+        for (int h = 0; h < GN; ++h) store(out[h], acc[h]);
+    }
+
+    // 8 codes of V order vector v of a row, as F32.
+    template <int BITS>
+    static inline void codes2(const uint8_t* row, int v, V& c0, V& c1) {
+        if constexpr (BITS == 8) {
+            c0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + v * 8))));
+            c1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + v * 8 + 8))));
+        } else {
+            constexpr int per = 8 / BITS;
+            const int bc = v / per, sh = v % per;
+            const __m256i mask = _mm256_set1_epi32((1 << BITS) - 1);
+            const __m256i x = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + bc * 8)));
+            c0 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(x, BITS * sh), mask));
+            c1 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(x, BITS * (sh + 1)), mask));
+        }
+    }
+
+    // Integer PV (INT4 / INT2, n >= 32): per 32-byte run of codes and shift, token pairs
+    // interleaved byte-wise (vpunpck{l,h}bw) and multiplied by the pair's u8 weights
+    // (vpmaddubsw: weights unsigned, codes <= 15 signed), s16 sums over the block's 4 pairs
+    // (<= 4 * 2 * 255 * 15 < 2^15), then o += wscale * sums in F32. o order: runs x shifts x 32.
+    template <int BITS, int GN, int HD>
+    static inline void pv_int(const uint8_t* const* rows, int n, int nb, const uint32_t* wpair, const float* wscale,
+                              const float* alpha, float* o) {
+        constexpr int per = 8 / BITS, kRuns = HD * BITS / 8 / 32;
+        const __m256i mask = _mm256_set1_epi8(char((1 << BITS) - 1));
+        for (int h = 0; h < GN; ++h)
+            if (alpha[h] != 1.f) {
+                const V al = set1(alpha[h]);
+                for (int i = 0; i < HD; i += 8) store(o + h * HD + i, mul(load(o + h * HD + i), al));
+            }
+        const uint8_t* r[kBlock];
+        for (int t = 0; t < kBlock; ++t) r[t] = rows[t < n ? t : n - 1];  // weights of t >= n are 0
+        for (int cb = 0; cb < kRuns; ++cb) {
+            const int g = cb * 32 / nb;
+            for (int sh = 0; sh < per; ++sh) {
+                __m256i lo[GN], hi[GN];
+                for (int h = 0; h < GN; ++h) lo[h] = hi[h] = _mm256_setzero_si256();
+                for (int k = 0; k < 4; ++k) {
+                    const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r[2 * k] + cb * 32));
+                    const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r[2 * k + 1] + cb * 32));
+                    const __m256i u0 = _mm256_and_si256(_mm256_srli_epi16(x0, BITS * sh), mask);
+                    const __m256i u1 = _mm256_and_si256(_mm256_srli_epi16(x1, BITS * sh), mask);
+                    const __m256i il = _mm256_unpacklo_epi8(u0, u1), ih = _mm256_unpackhi_epi8(u0, u1);
+                    for (int h = 0; h < GN; ++h) {
+                        const __m256i wv = _mm256_set1_epi32(int(wpair[(h * kMaxGroupsPerHead + g) * 4 + k]));
+                        lo[h] = _mm256_add_epi16(lo[h], _mm256_maddubs_epi16(wv, il));
+                        hi[h] = _mm256_add_epi16(hi[h], _mm256_maddubs_epi16(wv, ih));
+                    }
+                }
+                for (int h = 0; h < GN; ++h) {
+                    const V f = set1(wscale[h * kMaxGroupsPerHead + g]);
+                    float* oo = o + h * HD + (cb * per + sh) * 32;
+                    // lo holds dims 0-7 | 16-23 of the run, hi 8-15 | 24-31.
+                    const V d0 = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(lo[h])));
+                    const V d2 = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(lo[h], 1)));
+                    const V d1 = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(hi[h])));
+                    const V d3 = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(hi[h], 1)));
+                    store(oo, fma(d0, f, load(oo)));
+                    store(oo + 8, fma(d1, f, load(oo + 8)));
+                    store(oo + 16, fma(d2, f, load(oo + 16)));
+                    store(oo + 24, fma(d3, f, load(oo + 24)));
+                }
+            }
+        }
+    }
+
+    // o[h][V order] = o * alpha[h] + sum_t w[g][h][t] * codes_t, two vectors per pass.
+    template <int BITS, int GN, int HD>
+    static inline void pv(const uint8_t* const* rows, int n, int nb, int G, const float* w, const float* alpha,
+                          float* o) {
+        constexpr int per = 8 / BITS;
+        for (int v = 0; v < HD / 8; v += 2) {
+            const int g = ((v / per) * 8) / nb;
+            const float* wg = w + g * kMaxTile * 8;
+            V a0[GN], a1[GN];
+            for (int h = 0; h < GN; ++h) {
+                const V al = set1(alpha[h]);
+                a0[h] = mul(load(o + h * HD + v * 8), al);
+                a1[h] = mul(load(o + h * HD + v * 8 + 8), al);
+            }
+            for (int t = 0; t < n; ++t) {
+                V c0, c1;
+                codes2<BITS>(rows[t], v, c0, c1);
+                for (int h = 0; h < GN; ++h) {
+                    const V wb = _mm256_broadcast_ss(wg + h * 8 + t);
+                    a0[h] = fma(wb, c0, a0[h]);
+                    a1[h] = fma(wb, c1, a1[h]);
+                }
+            }
+            for (int h = 0; h < GN; ++h) {
+                store(o + h * HD + v * 8, a0[h]);
+                store(o + h * HD + v * 8 + 8, a1[h]);
+            }
+        }
+    }
+};
+
+}  // namespace
+
+void decode_quant_chunk_avx2(const QuantDecodeChunk& c) { quant_impl::dispatch<Avx2QuantOps>(c); }
+
+}  // namespace attn4j::cpu

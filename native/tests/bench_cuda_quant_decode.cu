@@ -1,0 +1,268 @@
+// Quantized CUDA paged decode benchmark: 32 q / 8 kv heads, head_dim 128, BF16 q/out, page size
+// 16, shuffled page ids; BF16 KV (cuda::make_decode_kernel, this project's BF16 decode) vs INT8 /
+// INT4 / INT2 KV (cuda::make_quant_decode_kernel; group 128, F32 meta, Hadamard rotation of K and
+// V). Per shape and format: 20 warm-up runs, then `reps` runs each bracketed by CUDA events on
+// one stream; median reported. KV pools rotate among copies (>= 256 MB in all, > 2x the 50 MB L2)
+// so no run finds its KV in L2. Effective TB/s = K+V bytes of all tokens, codes + meta (token
+// bytes BF16 256, INT8 136, INT4 72, INT2 40 per head, each of K and V) / median time.
+// Usage: bench_cuda_quant_decode [--json PATH] [--reps N] [--shapes b:L,...]
+#include <cuda_runtime.h>
+
+#include "cuda_test.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/kernel_args.h"
+#include "cuda/decode.cuh"
+#include "cuda/decode_quant.cuh"
+
+using namespace attn4j;
+
+namespace {
+
+__device__ __forceinline__ uint32_t hash32(uint32_t x) {
+    x ^= x >> 16;
+    x *= 0x7feb352du;
+    x ^= x >> 15;
+    x *= 0x846ca68bu;
+    x ^= x >> 16;
+    return x;
+}
+
+// BF16 pool: values uniform in about [-2, 2).
+__global__ void fill_bf16(uint16_t* p, size_t n, uint32_t seed) {
+    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+        const uint32_t x = hash32(uint32_t(i) * 2654435761u ^ seed);
+        const uint32_t sign = (x & 1u) << 15, exp = 126u + ((x >> 1) % 2u), man = (x >> 8) & 0x7Fu;
+        p[i] = uint16_t(sign | (exp << 7) | man);
+    }
+}
+
+// Quantized pool of [blocks] of (codes [code_region bytes], F32 meta {scale, zero}...): random
+// codes, scale in [0.5, 1.5] * 4 / max_code, zero in [-2.5, -1.5].
+__global__ void fill_quant(uint32_t* p, size_t words, int block_words, int code_words, float max_code,
+                           uint32_t seed) {
+    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < words; i += size_t(gridDim.x) * blockDim.x) {
+        const uint32_t x = hash32(uint32_t(i) * 2654435761u ^ seed);
+        const int off = int(i % size_t(block_words));
+        if (off < code_words) {
+            p[i] = x;
+        } else {
+            const float u = float(x >> 8) * (1.f / 16777216.f);
+            const float v = ((off - code_words) & 1) ? -1.5f - u : (0.5f + u) * 4.f / max_code;
+            p[i] = __float_as_uint(v);
+        }
+    }
+}
+
+double median(std::vector<float> v) {
+    std::sort(v.begin(), v.end());
+    return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
+double copy_bandwidth() {
+    const size_t bytes = size_t(1) << 30;
+    void *a, *b;
+    CK(cudaMalloc(&a, bytes));
+    CK(cudaMalloc(&b, bytes));
+    CK(cudaMemset(a, 1, bytes));
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    std::vector<float> t;
+    for (int i = 0; i < 12; ++i) {
+        CK(cudaEventRecord(e0));
+        CK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice));
+        CK(cudaEventRecord(e1));
+        CK(cudaEventSynchronize(e1));
+        float ms;
+        CK(cudaEventElapsedTime(&ms, e0, e1));
+        if (i >= 2) t.push_back(ms);
+    }
+    CK(cudaFree(a));
+    CK(cudaFree(b));
+    return 2.0 * bytes / (median(t) * 1e-3) / 1e12;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+        std::printf("SKIP: no CUDA device\n");
+        return 0;
+    }
+    std::string json_path, shapes = "1:131072,1:32768,64:4096,1:4096";
+    int reps = 100;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (!std::strcmp(argv[i], "--json")) json_path = argv[i + 1];
+        else if (!std::strcmp(argv[i], "--reps")) reps = std::atoi(argv[i + 1]);
+        else if (!std::strcmp(argv[i], "--shapes")) shapes = argv[i + 1];
+    }
+    cudaDeviceProp prop{};
+    CK(cudaGetDeviceProperties(&prop, 0));
+    const double copy_tbs = copy_bandwidth();
+    const int HQO = 32, HKV = 8, D = 128, PS = 16, GS = 128;
+    std::printf("device %s, %d SMs, L2 %d MB; D2D copy %.2f TB/s (read+write); page %d shuffled, G %d F32 meta, "
+                "Hadamard; %d reps\n",
+                prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20, copy_tbs, PS, GS, reps);
+    std::string json = "{\n  \"device\": \"" + std::string(prop.name) + "\",\n  \"copy_tb_s\": " +
+                       std::to_string(copy_tbs) +
+                       ",\n  \"num_qo_heads\": 32, \"num_kv_heads\": 8, \"head_dim\": 128, \"page_size\": 16,"
+                       " \"group_size\": 128, \"meta\": \"f32\", \"rotation\": \"hadamard\", \"reps\": " +
+                       std::to_string(reps) + ",\n  \"results\": [\n";
+    bool first = true;
+    std::printf("%6s %8s %6s %7s %10s %10s %8s %9s\n", "batch", "seq_len", "kv", "chunks", "median_us", "min_us",
+                "TB/s", "vs_bf16");
+    size_t pos = 0;
+    while (pos < shapes.size()) {
+        size_t comma = shapes.find(',', pos);
+        if (comma == std::string::npos) comma = shapes.size();
+        const std::string item = shapes.substr(pos, comma - pos);
+        pos = comma + 1;
+        const int B = std::atoi(item.c_str());
+        const int L = std::atoi(item.c_str() + item.find(':') + 1);
+        const int pages_per_seq = (L + PS - 1) / PS;
+        const int num_pages = B * pages_per_seq;
+        std::vector<int> indptr(B + 1), last(B, L - (pages_per_seq - 1) * PS), indices(num_pages);
+        for (int b = 0; b <= B; ++b) indptr[b] = b * pages_per_seq;
+        std::iota(indices.begin(), indices.end(), 0);
+        std::shuffle(indices.begin(), indices.end(), std::mt19937(1234));
+        int* d_indptr = a4j_test::to_device(indptr);
+        int* d_indices = a4j_test::to_device(indices);
+        int* d_last = a4j_test::to_device(last);
+        uint16_t *dq, *dout;
+        float* dlse;
+        CK(cudaMalloc(&dq, size_t(B) * HQO * D * 2));
+        CK(cudaMalloc(&dout, size_t(B) * HQO * D * 2));
+        CK(cudaMalloc(&dlse, size_t(B) * HQO * 4));
+        fill_bf16<<<256, 256>>>(dq, size_t(B) * HQO * D, 5u);
+        CK(cudaGetLastError());
+        double bf16_us = 0;
+
+        for (int bits : {16, 8, 4, 2}) {
+            QuantFormat f;
+            f.bits = bits == 16 ? 0 : bits;
+            f.head_dim = D;
+            f.group_size = GS;
+            f.meta_dtype = ATTN4J_DTYPE_F32;
+            const int TB = bits == 16 ? 2 * D : f.token_bytes();
+            const size_t pool = size_t(num_pages) * HKV * PS * TB;
+            const double kv_bytes = 2.0 * B * L * HKV * TB;
+            const int nrot = std::max<int>(2, int((256e6 + 2.0 * pool - 1) / (2.0 * pool)));
+            std::vector<void*> ks(nrot), vs(nrot);
+            for (int r = 0; r < nrot; ++r) {
+                CK(cudaMalloc(&ks[r], pool));
+                CK(cudaMalloc(&vs[r], pool));
+                if (bits == 16) {
+                    fill_bf16<<<1024, 256>>>(static_cast<uint16_t*>(ks[r]), pool / 2, 17u + r);
+                    fill_bf16<<<1024, 256>>>(static_cast<uint16_t*>(vs[r]), pool / 2, 91u + r);
+                } else {
+                    const int bw = PS * TB / 4, cw = PS * f.code_bytes() / 4;
+                    fill_quant<<<1024, 256>>>(static_cast<uint32_t*>(ks[r]), pool / 4, bw, cw, float(f.max_code()), 17u + r);
+                    fill_quant<<<1024, 256>>>(static_cast<uint32_t*>(vs[r]), pool / 4, bw, cw, float(f.max_code()), 91u + r);
+                }
+                CK(cudaGetLastError());
+            }
+            attn4j_attention_desc desc{};
+            desc.struct_size = sizeof desc;
+            desc.num_qo_heads = HQO;
+            desc.num_kv_heads = HKV;
+            desc.head_dim = D;
+            desc.q_dtype = desc.out_dtype = ATTN4J_DTYPE_BF16;
+            desc.kv_dtype = bits == 16 ? ATTN4J_DTYPE_BF16
+                            : bits == 8 ? ATTN4J_DTYPE_INT8
+                            : bits == 4 ? ATTN4J_DTYPE_INT4
+                                        : ATTN4J_DTYPE_INT2;
+            desc.sm_scale = 1.f / std::sqrt(float(D));
+            desc.page_size = PS;
+            desc.max_batch_size = B;
+            auto kernel = bits == 16 ? cuda::make_decode_kernel(desc, 0) : cuda::make_quant_decode_kernel(desc, 0);
+
+            DecodeArgs a;
+            a.shape = {HQO, HKV, D, desc.sm_scale, false};
+            a.q = {dq, ATTN4J_DTYPE_BF16, HQO * D, D};
+            a.out = {dout, ATTN4J_DTYPE_BF16, HQO * D, D};
+            a.lse = {dlse, HQO, 1};
+            a.kv.dtype = desc.kv_dtype;
+            a.kv.num_kv_heads = HKV;
+            a.kv.head_dim = D;
+            a.kv.page_size = PS;
+            a.kv.num_pages = num_pages;
+            if (bits != 16) {
+                a.kv.quant = f;
+                a.kv.k_rot.kind = ATTN4J_ROTATION_HADAMARD;
+                a.kv.v_rot.kind = ATTN4J_ROTATION_HADAMARD;
+            }
+            a.table = {B, d_indptr, d_indices, d_last};
+
+            cudaStream_t s;
+            CK(cudaStreamCreate(&s));
+            std::vector<cudaEvent_t> ev(2 * reps);
+            for (auto& e : ev) CK(cudaEventCreate(&e));
+            for (int i = 0; i < 20; ++i) {
+                a.kv.k = ks[i % nrot];
+                a.kv.v = vs[i % nrot];
+                CK(kernel->run(a, s));
+            }
+            for (int i = 0; i < reps; ++i) {
+                a.kv.k = ks[i % nrot];
+                a.kv.v = vs[i % nrot];
+                CK(cudaEventRecord(ev[2 * i], s));
+                CK(kernel->run(a, s));
+                CK(cudaEventRecord(ev[2 * i + 1], s));
+            }
+            CK(cudaStreamSynchronize(s));
+            CK(cudaGetLastError());
+            std::vector<float> t(reps);
+            for (int i = 0; i < reps; ++i) CK(cudaEventElapsedTime(&t[i], ev[2 * i], ev[2 * i + 1]));
+            const double med_us = median(t) * 1e3;
+            const double min_us = *std::min_element(t.begin(), t.end()) * 1e3;
+            const double tbs = kv_bytes / (med_us * 1e-6) / 1e12;
+            if (bits == 16) bf16_us = med_us;
+            const double speedup = bf16_us / med_us;
+            const char* name = bits == 16 ? "bf16" : bits == 8 ? "int8" : bits == 4 ? "int4" : "int2";
+            std::printf("%6d %8d %6s %7d %10.1f %10.1f %8.2f %8.2fx\n", B, L, name, kernel->num_chunks(B), med_us,
+                        min_us, tbs, speedup);
+            std::fflush(stdout);
+            char row[512];
+            std::snprintf(row, sizeof row,
+                          "    {\"batch\": %d, \"seq_len\": %d, \"kv\": \"%s\", \"token_head_bytes\": %d, \"chunks\": %d, "
+                          "\"median_us\": %.2f, \"min_us\": %.2f, \"tb_s\": %.3f, \"speedup_vs_bf16\": %.3f, "
+                          "\"kv_copies\": %d}",
+                          B, L, name, TB, kernel->num_chunks(B), med_us, min_us, tbs, speedup, nrot);
+            json += (first ? "" : ",\n") + std::string(row);
+            first = false;
+            for (auto& e : ev) CK(cudaEventDestroy(e));
+            CK(cudaStreamDestroy(s));
+            for (int r = 0; r < nrot; ++r) {
+                CK(cudaFree(ks[r]));
+                CK(cudaFree(vs[r]));
+            }
+        }
+        CK(cudaFree(d_indptr));
+        CK(cudaFree(d_indices));
+        CK(cudaFree(d_last));
+        CK(cudaFree(dq));
+        CK(cudaFree(dout));
+        CK(cudaFree(dlse));
+    }
+    json += "\n  ]\n}\n";
+    if (!json_path.empty()) {
+        FILE* fp = std::fopen(json_path.c_str(), "w");
+        if (fp) {
+            std::fputs(json.c_str(), fp);
+            std::fclose(fp);
+        }
+    }
+    return 0;
+}
