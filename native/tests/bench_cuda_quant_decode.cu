@@ -5,7 +5,10 @@
 // one stream; median reported. KV pools rotate among copies (>= 256 MB in all, > 2x the 50 MB L2)
 // so no run finds its KV in L2. Effective TB/s = K+V bytes of all tokens, codes + meta (token
 // bytes BF16 256, INT8 136, INT4 72, INT2 40 per head, each of K and V) / median time.
-// Usage: bench_cuda_quant_decode [--json PATH] [--reps N] [--shapes b:L,...]
+// Also (--diag 1, default) at 1 x 128k and 64 x 4k: the generic kernel (any group size; the default
+// takes the one-group-per-token kernel here) and a copy-only run (pages streamed through the same
+// pipeline, no math: the kernel's memory ceiling).
+// Usage: bench_cuda_quant_decode [--json PATH] [--reps N] [--shapes b:L,...] [--diag 0|1]
 #include <cuda_runtime.h>
 
 #include "cuda_test.h"
@@ -103,10 +106,12 @@ int main(int argc, char** argv) {
     }
     std::string json_path, shapes = "1:131072,1:32768,64:4096,1:4096";
     int reps = 100;
+    bool diag = true;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!std::strcmp(argv[i], "--json")) json_path = argv[i + 1];
         else if (!std::strcmp(argv[i], "--reps")) reps = std::atoi(argv[i + 1]);
         else if (!std::strcmp(argv[i], "--shapes")) shapes = argv[i + 1];
+        else if (!std::strcmp(argv[i], "--diag")) diag = std::atoi(argv[i + 1]) != 0;
     }
     cudaDeviceProp prop{};
     CK(cudaGetDeviceProperties(&prop, 0));
@@ -121,7 +126,7 @@ int main(int argc, char** argv) {
                        " \"group_size\": 128, \"meta\": \"f32\", \"rotation\": \"hadamard\", \"reps\": " +
                        std::to_string(reps) + ",\n  \"results\": [\n";
     bool first = true;
-    std::printf("%6s %8s %6s %7s %10s %10s %8s %9s\n", "batch", "seq_len", "kv", "chunks", "median_us", "min_us",
+    std::printf("%6s %8s %15s %7s %10s %10s %8s %9s\n", "batch", "seq_len", "kv", "chunks", "median_us", "min_us",
                 "TB/s", "vs_bf16");
     size_t pos = 0;
     while (pos < shapes.size()) {
@@ -149,7 +154,17 @@ int main(int argc, char** argv) {
         CK(cudaGetLastError());
         double bf16_us = 0;
 
-        for (int bits : {16, 8, 4, 2}) {
+        struct Cfg {
+            int bits;
+            const char* mode;  // ATTN4J_CUDA_QDECODE for the plan: "" default, "generic", "copy_only"
+        };
+        std::vector<Cfg> cfgs = {{16, ""}, {8, ""}, {4, ""}, {2, ""}};
+        if (diag && (L >= 131072 || B >= 64))
+            for (Cfg c : {Cfg{4, "generic"}, Cfg{2, "generic"}, Cfg{8, "copy_only"}, Cfg{4, "copy_only"},
+                          Cfg{2, "copy_only"}})
+                cfgs.push_back(c);
+        for (const Cfg& cfg : cfgs) {
+            const int bits = cfg.bits;
             QuantFormat f;
             f.bits = bits == 16 ? 0 : bits;
             f.head_dim = D;
@@ -186,7 +201,9 @@ int main(int argc, char** argv) {
             desc.sm_scale = 1.f / std::sqrt(float(D));
             desc.page_size = PS;
             desc.max_batch_size = B;
+            if (*cfg.mode) setenv("ATTN4J_CUDA_QDECODE", cfg.mode, 1);
             auto kernel = bits == 16 ? cuda::make_decode_kernel(desc, 0) : cuda::make_quant_decode_kernel(desc, 0);
+            unsetenv("ATTN4J_CUDA_QDECODE");
 
             DecodeArgs a;
             a.shape = {HQO, HKV, D, desc.sm_scale, false};
@@ -230,8 +247,9 @@ int main(int argc, char** argv) {
             const double tbs = kv_bytes / (med_us * 1e-6) / 1e12;
             if (bits == 16) bf16_us = med_us;
             const double speedup = bf16_us / med_us;
-            const char* name = bits == 16 ? "bf16" : bits == 8 ? "int8" : bits == 4 ? "int4" : "int2";
-            std::printf("%6d %8d %6s %7d %10.1f %10.1f %8.2f %8.2fx\n", B, L, name, kernel->num_chunks(B), med_us,
+            std::string name = bits == 16 ? "bf16" : bits == 8 ? "int8" : bits == 4 ? "int4" : "int2";
+            if (*cfg.mode) name += std::string("-") + cfg.mode;
+            std::printf("%6d %8d %15s %7d %10.1f %10.1f %8.2f %8.2fx\n", B, L, name.c_str(), kernel->num_chunks(B), med_us,
                         min_us, tbs, speedup);
             std::fflush(stdout);
             char row[512];
@@ -239,7 +257,7 @@ int main(int argc, char** argv) {
                           "    {\"batch\": %d, \"seq_len\": %d, \"kv\": \"%s\", \"token_head_bytes\": %d, \"chunks\": %d, "
                           "\"median_us\": %.2f, \"min_us\": %.2f, \"tb_s\": %.3f, \"speedup_vs_bf16\": %.3f, "
                           "\"kv_copies\": %d}",
-                          B, L, name, TB, kernel->num_chunks(B), med_us, min_us, tbs, speedup, nrot);
+                          B, L, name.c_str(), TB, kernel->num_chunks(B), med_us, min_us, tbs, speedup, nrot);
             json += (first ? "" : ",\n") + std::string(row);
             first = false;
             for (auto& e : ev) CK(cudaEventDestroy(e));

@@ -69,6 +69,27 @@ struct Avx2QuantOps {
     }
     static inline float exp2_scalar(float x) { return std::exp2(x); }
 
+    // Meta of 8 tokens whose rows are `mb` bytes apart from m0 (tokens >= n give 0):
+    // sc[g * 8 + t], zr[g * 8 + t].
+    static inline void gather_meta(const uint8_t* m0, int mb, int n, const QuantFormat& f, float* sc, float* zr) {
+        const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(mb));
+        const V m = tail_mask(n);
+        for (int g = 0; g < f.groups(); ++g) {
+            if (f.meta_dtype == ATTN4J_DTYPE_F32) {
+                const float* p = reinterpret_cast<const float*>(m0 + 8 * g);
+                store(sc + g * 8, _mm256_mask_i32gather_ps(zero(), p, idx, m, 1));
+                store(zr + g * 8, _mm256_mask_i32gather_ps(zero(), p + 1, idx, m, 1));
+            } else {
+                const int* p = reinterpret_cast<const int*>(m0 + 4 * g);
+                const __m256i x = _mm256_mask_i32gather_epi32(_mm256_setzero_si256(), p, idx, _mm256_castps_si256(m), 1);
+                const __m256i lo = _mm256_and_si256(x, _mm256_set1_epi32(0xFFFF)), hi = _mm256_srli_epi32(x, 16);
+                const __m256i pk = _mm256_permute4x64_epi64(_mm256_packus_epi32(lo, hi), 0xD8);
+                store(sc + g * 8, _mm256_cvtph_ps(_mm256_castsi256_si128(pk)));
+                store(zr + g * 8, _mm256_cvtph_ps(_mm256_extracti128_si256(pk, 1)));
+            }
+        }
+    }
+
     // INT8: codes zero-extended to s16, q s16 (natural order), vpmaddwd; nb multiple of 16.
     template <int GN>
     static inline void kdot_i16(const uint8_t* codes, int nb, const int16_t* q, int qstride, float* const* out) {
@@ -141,6 +162,22 @@ struct Avx2QuantOps {
             c0 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(x, BITS * sh), mask));
             c1 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(x, BITS * (sh + 1)), mask));
         }
+    }
+
+    // u8 weights of a block of 8: pairs[k] = (wq[2k] | wq[2k+1] << 8) repeated to 32 bits,
+    // *scale = max / 255; returns sum_t (w_t - scale * wq_t).
+    static inline float quantize_weights(const float* w, uint32_t* pairs, float* scale) {
+        const V x = load(w);
+        const float mx = hmax(x);
+        const float sc = mx / 255.f;
+        *scale = sc;
+        const V inv = set1(mx > 0.f ? 255.f / mx : 0.f);
+        const __m256i q = _mm256_cvtps_epi32(mul(x, inv));  // nearest even
+        const V err = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(q), set1(sc), x);
+        const __m128i q16 = _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+        const __m128i q8 = _mm_packus_epi16(q16, q16);          // 8 bytes: wq0..wq7
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(pairs), _mm_unpacklo_epi16(q8, q8));
+        return hsum(err);
     }
 
     // Integer PV (INT4 / INT2, n >= 32): per 32-byte run of codes and shift, token pairs

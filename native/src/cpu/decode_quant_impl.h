@@ -7,20 +7,29 @@
 //  * GenericKernel<Ops>: any format / head_dim (multiple of G, <= 256) / page_size; float math on
 //    codes decoded one token at a time into an L1 row (double accumulators). The scalar path, and
 //    the fallback of the SIMD paths for shapes the fast kernel does not take.
-//  * FastKernel<Ops, BITS, HD>: blocks of W = 8 tokens (a block may cross pages), head tiles of
-//    1/2/4 query heads:
-//      K phase: integer dot products q_int . codes per (token, head, K group) when a 32-byte run of
-//               codes lies in one group (n = G*bits/8 >= 32): INT4/INT2 with q as s8 (|q| <= 127,
-//               per-group symmetric scale) by vpmaddubsw on the shifted+masked code bytes (q is
-//               reordered once into that planar order); INT8 with q as s16 (|q| <= 16383) by
-//               vpmaddwd on zero-extended codes. Otherwise (INT4 G=32, INT2 G<=64) float FMAs on
-//               codes widened 8 at a time. Partial vectors are transposed-reduced per 8 tokens.
-//               score = sum_g sq_g * scale_g * I_g + zero_g * sum(q_g).
+//  * FastKernel<Ops, BITS, HD> (head_dim 64 / 128 / 256): blocks of 8 tokens (a block may cross
+//    pages; with page_size % 8 == 0 offsets are affine and meta is gathered in one go), head
+//    tiles of 1/2/4 query heads:
+//      K phase: integer dot products per (token, head, K group) when a 32-byte run of codes lies
+//               in one group (n = G*bits/8 >= 32): INT4/INT2 by vpmaddubsw on the shifted+masked
+//               code bytes with q as s8 (|q| <= 127, per-group symmetric scale, reordered once
+//               into the planar order) PLUS an s8 residual of q (127x finer), so
+//               q.c = sq/127 * (127 * q_int.c + q_res.c) is ~14-bit accurate; INT8 by vpmaddwd on
+//               zero-extended codes with q as s16 (|q| <= 16383). A mid-code correction
+//               mid * sum_j (q_j - sq q_int_j) removes the mean of the rounding error against
+//               the uncentred codes. Other formats (INT4 G=32, INT2 G<=64): float FMAs on codes
+//               widened 8 at a time. Partial vectors are transposed-reduced per 8 tokens.
+//               score = sum_g sq_g * scale_g * I_g + zero_g * sum(q_g) + scale_g * corr_g.
 //      softmax: online, base 2, per block.
-//      V phase: o += (p * scale_g) * code, codes widened once per token and shared by the tile's
-//               heads (accumulators in "V order" = 8-byte runs of codes x shifts, permuted back
-//               at the end); the zero part sum_t p_t * zero_g,t is a per-(head, group) vector
-//               accumulator added to every dim of the group at the end.
+//      V phase: INT4/INT2 with n >= 32: integer PV: per block and head, w_t = p_t * scale_t is
+//               quantized to u8 (per-block max / 255), token pairs interleaved byte-wise and
+//               multiplied by vpmaddubsw (s16 sums over the block), then o += wscale * sums in
+//               F32; the weights' rounding error times the mid code goes to the constant part.
+//               Otherwise (INT8, small groups): o += (p * scale_g) * code in F32, codes widened
+//               once per token and shared by the tile's heads. The zero part
+//               sum_t p_t * zero_g,t is a per-(head, group) accumulator added to every dim of the
+//               group at the end. Accumulators live in the codes' planar order, permuted back
+//               (and un-rotated by R_v) once per chunk.
 //    Blocks kPrefetchTokens ahead are software-prefetched (codes and meta of K and V).
 #pragma once
 
@@ -105,6 +114,9 @@ struct Scratch {
         bytes = at;
     }
 };
+
+// Nearest integer, halves away from zero (no libm call).
+inline int round_int(float x) { return int(x + (x >= 0.f ? 0.5f : -0.5f)); }
 
 inline float meta_value(const uint8_t* meta, attn4j_dtype dt, int i) {
     if (dt == ATTN4J_DTYPE_F16) {
@@ -193,11 +205,12 @@ struct GenericKernel {
 
 // ---- fast kernel ------------------------------------------------------------------------------
 // Ops (besides the float policy of decode_kernel_impl.h: V, zero, set1, load, store, fma, mul,
-// add, sub, hmax, hsum, reduce_rows, exp2, mask_neg_inf, mask_zero) provides
-//   Ops::kdot_int<BITS, GN>(codes of one group, n, q (unit order, per head stride), out[GN])
-//       integer dot of one token's group with GN heads' integer q; out[h] = 8 partial sums (F32)
-//   Ops::kdot_f32<BITS, GN>(codes of one group, n, qv (V order), qstride, out[GN])
-//   Ops::pv<BITS, GN>(rows[8], n_tok, code_bytes, G-bytes n, w, o, hd): V-phase accumulation.
+// add, sub, hmax, hsum, reduce_rows, exp2, exp2_scalar, mask_neg_inf, mask_zero) provides
+//   kdot_i16<GN> / kdot_i8<BITS, GN> / kdot_f32<BITS, GN>(codes of one group, n, q, qstride,
+//       out[GN]): one token's group against GN heads; out[h] = 8 partial sums (F32)
+//   gather_meta(meta of token 0, meta bytes, n, fmt, sc, zr): {scale, zero} of 8 tokens
+//   quantize_weights(w[8], pairs[4], &scale) -> rounding error sum (integer PV)
+//   pv<BITS, GN, HD> / pv_int<BITS, GN, HD>: V-phase accumulation of a block.
 template <class Ops, int BITS, int HD>
 struct FastKernel {
     using V = typename Ops::V;
@@ -310,7 +323,7 @@ struct FastKernel {
             const float mx = Ops::hmax(sc);
             const float m_old = s.m[gq];
             const float m_new = mx > m_old ? mx : m_old;
-            const float alpha = Ops::exp2_scalar(m_old - m_new);
+            const float alpha = m_new == m_old ? 1.f : Ops::exp2_scalar(m_old - m_new);
             V p = Ops::exp2(Ops::sub(sc, Ops::set1(m_new)));
             p = Ops::mask_zero(p, n);
             s.l[gq] = s.l[gq] * double(alpha) + double(Ops::hsum(p));
@@ -323,24 +336,17 @@ struct FastKernel {
                 Ops::store(z, Ops::fma(p, Ops::load(s.vzr + g * 8), Ops::mul(Ops::load(z), al)));
             }
             s.p[h] = alpha;  // alpha of head h for the V phase
-            if (int_pv) {
-                // u8 weights per block: w ~= wscale * wq, wq in 0..255, packed per token pair
-                // (little endian: token 2k in the even byte) and repeated to 32 bits.
-                for (int g = 0; g < ng; ++g) {
-                    const float* wg = s.w + (g * kMaxTile + h) * 8;
-                    float wmax = 0.f;
-                    for (int t = 0; t < 8; ++t) wmax = std::max(wmax, wg[t]);
-                    const float inv = wmax > 0.f ? 255.f / wmax : 0.f;
-                    s.wscale[h * kMaxGroupsPerHead + g] = wmax / 255.f;
-                    float err = 0.f;  // sum_t (w_t - wscale * wq_t)
-                    for (int k = 0; k < 4; ++k) {
-                        const uint32_t a = uint32_t(std::lrint(wg[2 * k] * inv)), b = uint32_t(std::lrint(wg[2 * k + 1] * inv));
-                        err += (wg[2 * k] - float(a) * (wmax / 255.f)) + (wg[2 * k + 1] - float(b) * (wmax / 255.f));
-                        const uint32_t pair = a | (b << 8);
-                        s.wpair[(h * kMaxGroupsPerHead + g) * 4 + k] = pair | (pair << 16);
+            if constexpr (BITS < 8) {
+                if (int_pv) {
+                    // u8 weights of the block: w ~= wscale * wq, wq in 0..255, per token pair;
+                    // sum_t (w_t - wscale * wq_t) * c_t ~= mid_code * sum_t (w_t - wscale * wq_t)
+                    // goes into the group's constant part.
+                    for (int g = 0; g < ng; ++g) {
+                        const float err = Ops::quantize_weights(s.w + (g * kMaxTile + h) * 8,
+                                                                s.wpair + (h * kMaxGroupsPerHead + g) * 4,
+                                                                s.wscale + h * kMaxGroupsPerHead + g);
+                        s.zacc[(int64_t(gq) * kMaxGroupsPerHead + g) * 8] += 0.5f * float((1 << BITS) - 1) * err;
                     }
-                    // sum_t err_t * c_t ~= mid_code * sum_t err_t: into the group's constant part.
-                    s.zacc[(int64_t(gq) * kMaxGroupsPerHead + g) * 8] += 0.5f * float((1 << BITS) - 1) * err;
                 }
             }
         }
@@ -382,7 +388,7 @@ struct FastKernel {
                 int64_t isum = 0;  // sum of the integer q of the group
                 if (BITS == 8) {
                     for (int j = 0; j < G; ++j) {
-                        const int v = int(std::lrint(qr[g * G + j] * inv));
+                        const int v = int(round_int(qr[g * G + j] * inv));
                         s.q16[int64_t(h) * hd + g * G + j] = int16_t(v);
                         isum += v;
                     }
@@ -392,9 +398,9 @@ struct FastKernel {
                     for (int cb = 0; cb < nb / 32; ++cb)
                         for (int sh = 0; sh < per; ++sh)
                             for (int i = 0; i < 32; ++i) {
-                                const int d = planar_dim(f, g * nb + cb * 32 + i, sh);
-                                const int v = int(std::lrint(qr[d] * inv));
-                                const int r = std::clamp(int(std::lrint((qr[d] - sq * float(v)) * inv * 127.f)), -127, 127);
+                                const int d = g * G + cb * 32 + i + sh * nb;  // planar_dim(g * nb + cb * 32 + i, sh)
+                                const int v = int(round_int(qr[d] * inv));
+                                const int r = std::clamp(int(round_int((qr[d] - sq * float(v)) * inv * 127.f)), -127, 127);
                                 int8_t* q8 = s.q8 + int64_t(h) * 2 * hd + g * G + (cb * per + sh) * 32 + i;
                                 q8[0] = int8_t(v);
                                 q8[hd] = int8_t(r);
@@ -411,12 +417,15 @@ struct FastKernel {
                 s.qcorr[h * kMaxGroupsPerHead + g] =
                     int_k ? float(0.5 * f.max_code() * (sum - double(sq) * double(isum))) : 0.f;
             }
-            // V order: 8-byte runs x shifts.
-            const int per = 8 / BITS;
-            for (int bc = 0; bc < f.code_bytes() / 8; ++bc)
-                for (int sh = 0; sh < per; ++sh)
-                    for (int i = 0; i < 8; ++i)
-                        s.qv[int64_t(h) * hd + (bc * per + sh) * 8 + i] = qr[planar_dim(f, bc * 8 + i, sh)];
+            // V order (float K path): 8-byte runs x shifts.
+            if (!int_k) {
+                const int per = 8 / BITS;
+                for (int g = 0; g < ng; ++g)
+                    for (int bl = 0; bl < nb / 8; ++bl)
+                        for (int sh = 0; sh < per; ++sh)
+                            for (int i = 0; i < 8; ++i)
+                                s.qv[int64_t(h) * hd + ((g * nb / 8 + bl) * per + sh) * 8 + i] = qr[g * G + bl * 8 + i + sh * nb];
+            }
         }
         for (int64_t i = 0; i < int64_t(group) * hd; ++i) s.o[i] = 0.f;
         for (int64_t i = 0; i < int64_t(group) * kMaxGroupsPerHead * 8; ++i) s.zacc[i] = 0.f;
@@ -434,11 +443,32 @@ struct FastKernel {
             for (int b = 0; b < kPrefetchTokens / kBlock; ++b) prefetch_block(pf, ch, codes_region);
         }
         int64_t coff[kBlock], moff[kBlock];
+        // page_size a multiple of the block: every block is 8 consecutive slots of one page, so
+        // offsets are affine and the meta of the block is gathered in one go.
+        const bool aligned = ch.page_size % kBlock == 0;
+        const int cbytes = f.code_bytes(), mbytes = f.meta_bytes();
         while (cur.left > 0) {
-            const int n = next_block(cur, ch, codes_region, coff, moff);
-            prefetch_block(pf, ch, codes_region);
-            stage_meta(ch.k_base, moff, n, f, s.ksc, s.kzr);
-            stage_meta(ch.v_base, moff, n, f, s.vsc, s.vzr);
+            int n;
+            if (aligned) {
+                n = cur.left < kBlock ? int(cur.left) : kBlock;
+                const int64_t blk = int64_t(*cur.page) * ch.page_stride_bytes;
+                for (int t = 0; t < kBlock; ++t) coff[t] = blk + int64_t(cur.slot + t) * cbytes;
+                moff[0] = blk + codes_region + int64_t(cur.slot) * mbytes;
+                cur.slot += kBlock;
+                if (cur.slot == ch.page_size) {
+                    cur.slot = 0;
+                    ++cur.page;
+                }
+                cur.left -= n;
+                prefetch_block(pf, ch, codes_region);
+                Ops::gather_meta(ch.k_base + moff[0], mbytes, n, f, s.ksc, s.kzr);
+                Ops::gather_meta(ch.v_base + moff[0], mbytes, n, f, s.vsc, s.vzr);
+            } else {
+                n = next_block(cur, ch, codes_region, coff, moff);
+                prefetch_block(pf, ch, codes_region);
+                stage_meta(ch.k_base, moff, n, f, s.ksc, s.kzr);
+                stage_meta(ch.v_base, moff, n, f, s.vsc, s.vzr);
+            }
             int g0 = 0;
             while (g0 < group) {
                 const int left = group - g0;
@@ -466,12 +496,12 @@ struct FastKernel {
             const double inv = 1.0 / s.l[h];
             // o order: integer PV: 32-byte runs x shifts; float PV: 8-byte runs x shifts.
             const int per = 8 / BITS, run = (BITS < 8 && int_k) ? 32 : 8;
-            for (int bc = 0; bc < f.code_bytes() / run; ++bc)
-                for (int sh = 0; sh < per; ++sh)
-                    for (int i = 0; i < run; ++i) {
-                        const int d = planar_dim(f, bc * run + i, sh);
-                        s.row[d] = float((double(o[(bc * per + sh) * run + i]) + zsum[d / G]) * inv);
-                    }
+            for (int g = 0; g < ng; ++g)
+                for (int bl = 0; bl < nb / run; ++bl)
+                    for (int sh = 0; sh < per; ++sh)
+                        for (int i = 0; i < run; ++i)
+                            s.row[g * G + bl * run + i + sh * nb] =
+                                float((double(o[((g * nb / run + bl) * per + sh) * run + i]) + zsum[g]) * inv);
             finish_head(ch, h, s.row);
             ch.lse2[h] = float(double(s.m[h]) + std::log2(s.l[h]));
         }

@@ -24,6 +24,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 
 #include "core/error.h"
@@ -63,20 +65,23 @@ struct QParams {
     int meta_f16;       // 1: F16 meta
     int MB, mb_shift;   // meta bytes per token, log2(MB / 4)
     int vec16;          // code rows are 16-byte aligned
+    int meta8;          // meta rows are 8-byte aligned, MB a multiple of 8
     int64_t page_stride, head_stride, meta_off;  // bytes
     int k_rot, v_rot;
     const float* k_mat;
     const float* v_mat;
+    int copy_only;  // diagnostics: stream the pages, skip the math (output meaningless)
 };
 
-template <int D, int BITS>
+template <int D, int BITS, bool FAST>
 struct Cfg {
     static constexpr int CB = D * BITS / 8;  // code bytes per token
     static constexpr int P = 8 / BITS;       // bit planes per byte
     static constexpr int KR = CB / 4;        // K bytes per thread per token
     static constexpr int VR = CB / 8;        // V bytes per thread per token
-    static constexpr int MBMAX = D / 4;      // meta bytes per token at most (G 32, F32)
-    static constexpr int STAGES = BITS == 2 ? 6 : BITS == 4 ? 5 : 3;
+    // meta bytes per token at most: one group (FAST) or G 32, F32
+    static constexpr int MBMAX = FAST ? 8 : D / 4;
+    static constexpr int STAGES = FAST ? (BITS == 2 ? 9 : BITS == 4 ? 5 : 3) : (BITS == 2 ? 6 : BITS == 4 ? 5 : 3);
     static constexpr int STAGE_BYTES = kTT * 2 * (CB + MBMAX);
     static constexpr int PIPE = STAGES * STAGE_BYTES;
     static constexpr int EPI = (kWarps * kGT * D + 2 * kWarps * kGT + 2 * kGT * D + kGT) * 4;
@@ -114,6 +119,10 @@ __device__ __forceinline__ void cp_async4(void* smem, const void* gmem, bool val
     const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(gmem), "r"(valid ? 4 : 0));
 }
+__device__ __forceinline__ void cp_async8(void* smem, const void* gmem, bool valid) {
+    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(s), "l"(gmem), "r"(valid ? 8 : 0));
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
@@ -150,6 +159,20 @@ __device__ __forceinline__ uint32_t dq(uint32_t x, uint32_t s2, uint32_t z2) {
     constexpr uint32_t mg2 = magic | (magic << 16);
     const uint32_t h = (x & m2) | mg2;
     return hfma2(hsub2(h, mg2), s2, z2);
+}
+// Codes of plane K in bytes 0 and 2 of x -> f16x2 (exact code values).
+template <int BITS, int K>
+__device__ __forceinline__ uint32_t dqc(uint32_t x) {
+    constexpr uint32_t mask = ((1u << BITS) - 1u) << (K * BITS);
+    constexpr uint32_t m2 = mask | (mask << 16);
+    constexpr uint32_t magic = uint32_t(25 - K * BITS) << 10;
+    constexpr uint32_t mg2 = magic | (magic << 16);
+    return hsub2((x & m2) | mg2, mg2);
+}
+template <int BITS, int K, bool FAST>
+__device__ __forceinline__ uint32_t dqx(uint32_t x, uint32_t s2, uint32_t z2) {
+    if constexpr (FAST) return dqc<BITS, K>(x);
+    else return dq<BITS, K>(x, s2, z2);
 }
 
 __device__ __forceinline__ void mma16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
@@ -234,9 +257,13 @@ __device__ float* rotate_rows(float* x, float* tmp, int kind, const float* R, bo
     return x;
 }
 
-template <int D, int BITS>
+// FAST (one quantization group per token, G == head_dim): the mma operands are the exact codes;
+// K's {scale, zero} are applied to the f32 scores (s * (q.c) + z * sum(q)), V's scale multiplies
+// P (relative to a per-CTA reference scale, to keep P * s in the f16 normal range) and V's zero
+// adds z * sum(p) to the output, so the per-element dequantize FMA disappears.
+template <int D, int BITS, bool FAST>
 __global__ void __launch_bounds__(kThreads) qdecode_kernel(const QParams p) {
-    using C = Cfg<D, BITS>;
+    using C = Cfg<D, BITS, FAST>;
     constexpr int CB = C::CB, P = C::P, KR = C::KR, VR = C::VR, STAGES = C::STAGES;
     constexpr int NKS = D / 16;  // k-slices of the score mma = m-tiles of the P.V mma
     extern __shared__ __align__(16) unsigned char smem[];
@@ -264,6 +291,16 @@ __global__ void __launch_bounds__(kThreads) qdecode_kernel(const QParams p) {
 
     // ---- query: load, rotate by R_k, scale, build f16 A fragments (rows 8..15 are zero).
     uint32_t qa[NKS][2];
+    float qsum = 0.f;  // FAST: sum of head gid's f16 query
+    float s_ref = 1.f, inv_sref = 1.f;
+    if constexpr (FAST) {
+        const uint8_t* m0 = p.v + int64_t(kvh) * p.head_stride + int64_t(pages[0]) * p.page_stride + p.meta_off;
+        const float sr = p.meta_f16 ? __half2float(*reinterpret_cast<const __half*>(m0)) : *reinterpret_cast<const float*>(m0);
+        if (sr > 0.f && sr < 3.0e38f) {
+            s_ref = sr;
+            inv_sref = 1.f / sr;
+        }
+    }
     {
         float* qs = reinterpret_cast<float*>(smem);
         float* qt = qs + kGT * D;
@@ -284,6 +321,9 @@ __global__ void __launch_bounds__(kThreads) qdecode_kernel(const QParams p) {
             const float* row = qr + gid * D;
             qa[s][0] = pack_h2(row[dmap(B + 0, k, n, G)] * sc, row[dmap(B + 2, k, n, G)] * sc);
             qa[s][1] = pack_h2(row[dmap(B + 1, k, n, G)] * sc, row[dmap(B + 3, k, n, G)] * sc);
+        }
+        if constexpr (FAST) {
+            for (int d = 0; d < D; ++d) qsum += __half2float(__float2half_rn(qr[gid * D + d] * sc));
         }
         __syncthreads();  // smem becomes the pipeline
     }
@@ -336,6 +376,23 @@ __global__ void __launch_bounds__(kThreads) qdecode_kernel(const QParams p) {
                 cp_async4(vc + t * CB + piece * 4, vb + off, valid);
             }
         }
+        if (p.meta8) {
+            const int nu = kTT * MB / 8;
+            for (int u = tid; u < nu; u += kThreads) {
+                const int t = u >> (p.mb_shift - 1), piece = u & ((MB >> 3) - 1);
+                const int j = j0 + t;
+                const bool valid = j < chunk_len;
+                int64_t off = 0;
+                if (valid) {
+                    int slot;
+                    token_off(j, off, slot);
+                    off += p.meta_off + int64_t(slot) * MB + piece * 8;
+                }
+                cp_async8(km + t * MB + piece * 8, kb + off, valid);
+                cp_async8(vm + t * MB + piece * 8, vb + off, valid);
+            }
+            return;
+        }
         const int nu = kTT * MB / 4;
         for (int u = tid; u < nu; u += kThreads) {
             const int t = u >> p.mb_shift, piece = u & ((MB >> 2) - 1);
@@ -362,7 +419,7 @@ __global__ void __launch_bounds__(kThreads) qdecode_kernel(const QParams p) {
     float o[NKS][4];
 #pragma unroll
     for (int mt = 0; mt < NKS; ++mt) o[mt][0] = o[mt][1] = o[mt][2] = o[mt][3] = 0.f;
-    float m = -INFINITY, l = 0.f;
+    float m = -INFINITY, l = 0.f, pz = 0.f;
     const int gk = (tig * KR) / n;  // group of this thread's K bytes
     const int gv = (gid * VR) / n;  // group of this thread's V bytes
 
@@ -375,7 +432,7 @@ __global__ void __launch_bounds__(kThreads) qdecode_kernel(const QParams p) {
             cp_async_commit();
         }
         const int tok0 = it * kTT + warp * 16;
-        if (tok0 >= chunk_len) continue;  // warp-uniform
+        if (tok0 >= chunk_len || p.copy_only) continue;  // warp-uniform
         const unsigned char* sb = smem + (it % STAGES) * C::STAGE_BYTES;
         const uint8_t* kc = sb + warp * 16 * CB;
         const uint8_t* vc = sb + kTT * CB + warp * 16 * CB;
@@ -387,9 +444,13 @@ __global__ void __launch_bounds__(kThreads) qdecode_kernel(const QParams p) {
 #pragma unroll
         for (int nt = 0; nt < 2; ++nt) {
             const int row = gid + 8 * nt;
-            float s, z;
-            load_meta(km + row * MB, gk, p.meta_f16, s, z);
-            const uint32_t s2 = pack_h2(s, s), z2 = pack_h2(z, z);
+            uint32_t s2 = 0, z2 = 0;
+            if constexpr (!FAST) {
+                float s, z;
+                load_meta(km + row * MB, gk, p.meta_f16, s, z);
+                s2 = pack_h2(s, s);
+                z2 = pack_h2(z, z);
+            }
             uint32_t w[KR / 4];
             load_words<KR>(kc + row * CB + tig * KR, w);
             sacc[nt][0] = sacc[nt][1] = sacc[nt][2] = sacc[nt][3] = 0.f;
@@ -399,15 +460,26 @@ __global__ void __launch_bounds__(kThreads) qdecode_kernel(const QParams p) {
 #pragma unroll
                 for (int k = 0; k < P; ++k) {
                     uint32_t lo, hi;
-                    if (k == 0) { lo = dq<BITS, 0>(x0, s2, z2); hi = dq<BITS, 0>(x1, s2, z2); }
-                    else if (k == 1) { lo = dq<BITS, (P > 1 ? 1 : 0)>(x0, s2, z2); hi = dq<BITS, (P > 1 ? 1 : 0)>(x1, s2, z2); }
-                    else if (k == 2) { lo = dq<BITS, (P > 2 ? 2 : 0)>(x0, s2, z2); hi = dq<BITS, (P > 2 ? 2 : 0)>(x1, s2, z2); }
-                    else { lo = dq<BITS, (P > 3 ? 3 : 0)>(x0, s2, z2); hi = dq<BITS, (P > 3 ? 3 : 0)>(x1, s2, z2); }
+                    if (k == 0) { lo = dqx<BITS, 0, FAST>(x0, s2, z2); hi = dqx<BITS, 0, FAST>(x1, s2, z2); }
+                    else if (k == 1) { lo = dqx<BITS, (P > 1 ? 1 : 0), FAST>(x0, s2, z2); hi = dqx<BITS, (P > 1 ? 1 : 0), FAST>(x1, s2, z2); }
+                    else if (k == 2) { lo = dqx<BITS, (P > 2 ? 2 : 0), FAST>(x0, s2, z2); hi = dqx<BITS, (P > 2 ? 2 : 0), FAST>(x1, s2, z2); }
+                    else { lo = dqx<BITS, (P > 3 ? 3 : 0), FAST>(x0, s2, z2); hi = dqx<BITS, (P > 3 ? 3 : 0), FAST>(x1, s2, z2); }
                     mma16816(sacc[nt], qa[i * P + k][0], 0u, qa[i * P + k][1], 0u, lo, hi);
                 }
             }
         }
         float sv[4] = {sacc[0][0], sacc[0][1], sacc[1][0], sacc[1][1]};
+        float vs_t[4], vz_t[4];  // FAST: V {scale, zero} of this thread's 4 tokens
+        if constexpr (FAST) {
+#pragma unroll
+            for (int u = 0; u < 4; ++u) {
+                const int r = (u >> 1) * 8 + 2 * tig + (u & 1);
+                float s, z;
+                load_meta(km + r * MB, 0, p.meta_f16, s, z);
+                sv[u] = fmaf(s, sv[u], z * qsum);
+                load_meta(vm + r * MB, 0, p.meta_f16, vs_t[u], vz_t[u]);
+            }
+        }
 #pragma unroll
         for (int u = 0; u < 4; ++u) {
             const int j = tok0 + (u >> 1) * 8 + 2 * tig + (u & 1);
@@ -420,6 +492,7 @@ __global__ void __launch_bounds__(kThreads) qdecode_kernel(const QParams p) {
         if (__any_sync(0xffffffffu, mnew > m)) {
             const float alpha = mnew == -INFINITY ? 1.f : ex2(m - mnew);
             l *= alpha;
+            pz *= alpha;
             const float a0 = __shfl_sync(0xffffffffu, alpha, (2 * tig) * 4);
             const float a1 = __shfl_sync(0xffffffffu, alpha, (2 * tig + 1) * 4);
 #pragma unroll
@@ -438,17 +511,30 @@ __global__ void __launch_bounds__(kThreads) qdecode_kernel(const QParams p) {
             pv[u] = ex2(sv[u] - ms);
             l += pv[u];
         }
-        const uint32_t pb0 = pack_h2(pv[0], pv[1]), pb1 = pack_h2(pv[2], pv[3]);
+        uint32_t pb0, pb1;
+        if constexpr (FAST) {
+#pragma unroll
+            for (int u = 0; u < 4; ++u) pz = fmaf(pv[u], vz_t[u], pz);
+            pb0 = pack_h2(pv[0] * (vs_t[0] * inv_sref), pv[1] * (vs_t[1] * inv_sref));
+            pb1 = pack_h2(pv[2] * (vs_t[2] * inv_sref), pv[3] * (vs_t[3] * inv_sref));
+        } else {
+            pb0 = pack_h2(pv[0], pv[1]);
+            pb1 = pack_h2(pv[2], pv[3]);
+        }
 
         // ---- values: A fragments of V^T from token pairs (2 tig, 2 tig + 1), (+8, +9)
         uint32_t vh[2][D / 8];
 #pragma unroll
         for (int qq = 0; qq < 2; ++qq) {
             const int ra = 2 * tig + 8 * qq;
-            float sa, za, sbb, zb;
-            load_meta(vm + ra * MB, gv, p.meta_f16, sa, za);
-            load_meta(vm + (ra + 1) * MB, gv, p.meta_f16, sbb, zb);
-            const uint32_t s2 = pack_h2(sa, sbb), z2 = pack_h2(za, zb);
+            uint32_t s2 = 0, z2 = 0;
+            if constexpr (!FAST) {
+                float sa, za, sbb, zb;
+                load_meta(vm + ra * MB, gv, p.meta_f16, sa, za);
+                load_meta(vm + (ra + 1) * MB, gv, p.meta_f16, sbb, zb);
+                s2 = pack_h2(sa, sbb);
+                z2 = pack_h2(za, zb);
+            }
             constexpr int NWV = VR >= 4 ? VR / 4 : 1;
             uint32_t wa[NWV], wb[NWV];
             load_words<VR>(vc + ra * CB + gid * VR, wa);
@@ -462,10 +548,10 @@ __global__ void __launch_bounds__(kThreads) qdecode_kernel(const QParams p) {
                     for (int bb = 0; bb < 2; ++bb) {
                         const uint32_t x = bb ? r >> 8 : r;
                         const int e0 = (4 * i + 2 * hp + bb) * P;
-                        vh[qq][e0] = dq<BITS, 0>(x, s2, z2);
-                        if constexpr (P > 1) vh[qq][e0 + 1] = dq<BITS, (P > 1 ? 1 : 0)>(x, s2, z2);
-                        if constexpr (P > 2) vh[qq][e0 + 2] = dq<BITS, (P > 2 ? 2 : 0)>(x, s2, z2);
-                        if constexpr (P > 3) vh[qq][e0 + 3] = dq<BITS, (P > 3 ? 3 : 0)>(x, s2, z2);
+                        vh[qq][e0] = dqx<BITS, 0, FAST>(x, s2, z2);
+                        if constexpr (P > 1) vh[qq][e0 + 1] = dqx<BITS, (P > 1 ? 1 : 0), FAST>(x, s2, z2);
+                        if constexpr (P > 2) vh[qq][e0 + 2] = dqx<BITS, (P > 2 ? 2 : 0), FAST>(x, s2, z2);
+                        if constexpr (P > 3) vh[qq][e0 + 3] = dqx<BITS, (P > 3 ? 3 : 0), FAST>(x, s2, z2);
                     }
                 }
             }
@@ -480,6 +566,11 @@ __global__ void __launch_bounds__(kThreads) qdecode_kernel(const QParams p) {
     // ---- merge the warps: o[mt][0..1] = (d of e = 2 mt, heads 2 tig, 2 tig + 1), [2..3]: e = 2 mt + 1
     l += __shfl_xor_sync(0xffffffffu, l, 1);
     l += __shfl_xor_sync(0xffffffffu, l, 2);
+    pz += __shfl_xor_sync(0xffffffffu, pz, 1);
+    pz += __shfl_xor_sync(0xffffffffu, pz, 2);
+    // FAST: o = s_ref * (sum P' c) + sum p z, per column head 2 tig + {0, 1}
+    const float pz0 = __shfl_sync(0xffffffffu, pz, (2 * tig) * 4);
+    const float pz1 = __shfl_sync(0xffffffffu, pz, (2 * tig + 1) * 4);
     float* red_o = reinterpret_cast<float*>(smem);  // [kWarps][kGT][D]
     float* red_m = red_o + kWarps * kGT * D;         // [kWarps][kGT]
     float* red_l = red_m + kWarps * kGT;
@@ -492,8 +583,13 @@ __global__ void __launch_bounds__(kThreads) qdecode_kernel(const QParams p) {
         for (int rr = 0; rr < 2; ++rr) {
             const int e = 2 * mt + rr;
             const int d = dmap(gid * VR + e / P, e % P, n, G);
-            red_o[(warp * kGT + 2 * tig) * D + d] = o[mt][2 * rr];
-            red_o[(warp * kGT + 2 * tig + 1) * D + d] = o[mt][2 * rr + 1];
+            if constexpr (FAST) {
+                red_o[(warp * kGT + 2 * tig) * D + d] = fmaf(s_ref, o[mt][2 * rr], pz0);
+                red_o[(warp * kGT + 2 * tig + 1) * D + d] = fmaf(s_ref, o[mt][2 * rr + 1], pz1);
+            } else {
+                red_o[(warp * kGT + 2 * tig) * D + d] = o[mt][2 * rr];
+                red_o[(warp * kGT + 2 * tig + 1) * D + d] = o[mt][2 * rr + 1];
+            }
         }
     }
     if (tig == 0) {
@@ -580,18 +676,18 @@ __global__ void __launch_bounds__(128) qmerge_kernel(const QParams p) {
 
 using KernelFn = void (*)(QParams);
 
-template <int D>
+template <int D, bool FAST>
 KernelFn pick_bits(int bits, int& smem) {
     if (bits == 8) {
-        smem = Cfg<D, 8>::SMEM;
-        return qdecode_kernel<D, 8>;
+        smem = Cfg<D, 8, FAST>::SMEM;
+        return qdecode_kernel<D, 8, FAST>;
     }
     if (bits == 4) {
-        smem = Cfg<D, 4>::SMEM;
-        return qdecode_kernel<D, 4>;
+        smem = Cfg<D, 4, FAST>::SMEM;
+        return qdecode_kernel<D, 4, FAST>;
     }
-    smem = Cfg<D, 2>::SMEM;
-    return qdecode_kernel<D, 2>;
+    smem = Cfg<D, 2, FAST>::SMEM;
+    return qdecode_kernel<D, 2, FAST>;
 }
 
 [[noreturn]] void cuda_fail(cudaError_t e, const char* what) {
@@ -609,7 +705,14 @@ public:
         bits_ = quant_bits(desc.kv_dtype);
         const int group = desc.num_qo_heads / desc.num_kv_heads;
         head_tiles_ = (group + kGT - 1) / kGT;
-        kernel_ = desc.head_dim == 128 ? pick_bits<128>(bits_, smem_) : pick_bits<64>(bits_, smem_);
+        kernel_ = desc.head_dim == 128 ? pick_bits<128, false>(bits_, smem_) : pick_bits<64, false>(bits_, smem_);
+        fast_ = desc.head_dim == 128 ? pick_bits<128, true>(bits_, fast_smem_) : pick_bits<64, true>(bits_, fast_smem_);
+        // ATTN4J_CUDA_QDECODE=generic: always the generic kernel; =copy_only: stream pages only
+        // (bandwidth diagnostics, wrong output). For benchmarks and tests.
+        if (const char* env = std::getenv("ATTN4J_CUDA_QDECODE")) {
+            generic_only_ = std::strcmp(env, "generic") == 0;
+            copy_only_ = std::strcmp(env, "copy_only") == 0;
+        }
         if (desc.max_batch_size > 65535) fail(ATTN4J_ERR_UNSUPPORTED, "CUDA decode: max_batch_size > 65535");
         int prev = 0;
         cudaError_t e = cudaGetDevice(&prev);
@@ -623,11 +726,13 @@ public:
         cudaDeviceProp prop{};
         if ((e = cudaGetDeviceProperties(&prop, device)) != cudaSuccess) cuda_fail(e, "properties");
         sms_ = prop.multiProcessorCount;
-        if ((e = cudaFuncSetAttribute(kernel_, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_)) != cudaSuccess)
+        if ((e = cudaFuncSetAttribute(kernel_, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_)) != cudaSuccess ||
+            (e = cudaFuncSetAttribute(fast_, cudaFuncAttributeMaxDynamicSharedMemorySize, fast_smem_)) != cudaSuccess)
             cuda_fail(e, "cudaFuncSetAttribute");
         occ_ = tuning.ctas_per_sm;
-        if (occ_ <= 0) {
-            e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ_, kernel_, kThreads, size_t(smem_));
+        if (occ_ <= 0) {  // split planning follows the kernel of the common case (one group per token)
+            e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ_, generic_only_ ? kernel_ : fast_, kThreads,
+                                                              size_t(generic_only_ ? smem_ : fast_smem_));
             if (e != cudaSuccess) cuda_fail(e, "occupancy");
             occ_ = std::max(occ_, 1);
         }
@@ -722,13 +827,17 @@ public:
         p.head_stride = a.kv.head_stride_bytes();
         p.meta_off = int64_t(a.kv.page_size) * f.code_bytes();
         p.vec16 = (kv_or & 15) == 0 && p.head_stride % 16 == 0;
+        p.meta8 = (kv_or & 7) == 0 && p.head_stride % 8 == 0 && p.meta_off % 8 == 0 && p.MB % 8 == 0;
         p.k_rot = a.kv.k_rot.kind;
         p.v_rot = a.kv.v_rot.kind;
         p.k_mat = a.kv.k_rot.kind == ATTN4J_ROTATION_MATRIX ? a.kv.k_rot.matrix : nullptr;
         p.v_mat = a.kv.v_rot.kind == ATTN4J_ROTATION_MATRIX ? a.kv.v_rot.matrix : nullptr;
+        p.copy_only = copy_only_;
+        const bool fast = f.group_size == D && !generic_only_;
 
         const dim3 grid(unsigned(p.num_chunks), unsigned(desc_.num_kv_heads * head_tiles_), unsigned(batch));
-        kernel_<<<grid, kThreads, size_t(smem_), stream>>>(p);
+        if (fast) fast_<<<grid, kThreads, size_t(fast_smem_), stream>>>(p);
+        else kernel_<<<grid, kThreads, size_t(smem_), stream>>>(p);
         if (p.num_chunks > 1) {
             const unsigned warps = unsigned(batch * desc_.num_qo_heads);
             qmerge_kernel<<<(warps + 3) / 4, 128, 0, stream>>>(p);
@@ -740,8 +849,11 @@ private:
     attn4j_attention_desc desc_;
     int device_;
     DecodeTuning tuning_;
-    int bits_ = 0, head_tiles_ = 1, smem_ = 0, sms_ = 1, occ_ = 1;
-    KernelFn kernel_ = nullptr;
+    int bits_ = 0, head_tiles_ = 1, smem_ = 0, fast_smem_ = 0, sms_ = 1, occ_ = 1;
+    bool generic_only_ = false;
+    int copy_only_ = 0;
+    KernelFn kernel_ = nullptr;  // any group size
+    KernelFn fast_ = nullptr;    // one group per token
     void* ws_ = nullptr;
     size_t ws_bytes_ = 0, ws_lse_offset_ = 0;
     char name_[40] = "cuda";

@@ -22,9 +22,11 @@ import org.attn4j.Attn4j;
 import org.attn4j.DType;
 import org.attn4j.DecodePlan;
 import org.attn4j.Device;
+import org.attn4j.KvFormat;
 import org.attn4j.PageTable;
 import org.attn4j.PagedKvCache;
 import org.attn4j.PrefillPlan;
+import org.attn4j.Rotation;
 import org.attn4j.Tensor;
 
 import com.fasterxml.jackson.databind.ObjectMapper;
@@ -39,7 +41,7 @@ import picocli.CommandLine.Option;
  * measured in the same run and, when its results file exists, llama.cpp's CPU flash attention.
  */
 @Command(name = "bench", mixinStandardHelpOptions = true,
-        description = {"Benchmark paged decode (BF16/F16/F32 KV, 16k and 64k tokens) and causal prefill "
+        description = {"Benchmark paged decode (BF16/F16/F32 and INT8/INT4/INT2 KV, 16k and 64k tokens) and causal prefill "
                 + "(512 new tokens over 4k/16k) on the CPU; shapes 32 q / 8 kv heads, head_dim 128, batch 1.",
                 "Decode is judged against the STREAM-like read bandwidth measured in the same run; prefill in "
                 + "GFLOP/s = 4 * q_heads * head_dim * (sum over queries of visible keys) / time.",
@@ -92,7 +94,22 @@ final class BenchCommand implements Callable<Integer> {
     static final int PAGE = 16;
 
     /** One workload to run. */
-    record Workload(String name, String kind, DType kv, long kvLen, long qLen) {}
+    /** {@code format}: how decode stores KV (the quantized formats take BF16 rows on write). */
+    record Workload(String name, String kind, DType kv, KvFormat format, long kvLen, long qLen) {
+        Workload(String name, String kind, DType kv, long kvLen, long qLen) {
+            this(name, kind, kv, KvFormat.of(kv), kvLen, qLen);
+        }
+
+        /** Output check tolerance: rounding for float formats; quantization error included otherwise. */
+        double tolerance() {
+            return switch (kv) {
+                case INT8 -> 0.05;
+                case INT4 -> 0.3;
+                case INT2 -> 1.0;
+                default -> 1e-2;
+            };
+        }
+    }
 
     /** Times of one workload, in microseconds. */
     record Times(double median, double p10, double p90, double min, int runs) {}
@@ -198,7 +215,8 @@ final class BenchCommand implements Callable<Integer> {
                 }
             }
         }
-        boolean bad = rows.stream().anyMatch(r -> !(((Number) r.get("check_rel_err")).doubleValue() <= 1e-2));
+        boolean bad = rows.stream().anyMatch(r -> !(((Number) r.get("check_rel_err")).doubleValue()
+                <= ((Number) r.get("check_tolerance")).doubleValue()));
         return bad ? 1 : 0;
     }
 
@@ -221,6 +239,15 @@ final class BenchCommand implements Callable<Integer> {
                 all.add(new Workload("decode " + (len / 1024) + "k " + name(kv), "decode", kv, len, 1));
             }
         }
+        for (DType kv : new DType[] {DType.INT8, DType.INT4, DType.INT2}) {
+            for (long len : new long[] {16384, 65536}) {
+                if (quick && len > 16384) {
+                    continue;
+                }
+                KvFormat f = KvFormat.quantized(kv, 128).withRotation(Rotation.HADAMARD);
+                all.add(new Workload("decode " + (len / 1024) + "k " + name(kv) + " g128 had", "decode", kv, f, len, 1));
+            }
+        }
         all.add(new Workload("prefill 512/4k causal bf16", "prefill", DType.BF16, 4096, 512));
         if (!quick) {
             all.add(new Workload("prefill 512/4k causal f16", "prefill", DType.F16, 4096, 512));
@@ -236,7 +263,8 @@ final class BenchCommand implements Callable<Integer> {
     // ---- decode ----
 
     private Map<String, Object> decode(Attn4j lib, Workload w, double least, long llc) {
-        long kvBytes = 2L * w.kvLen() * KV_HEADS * HEAD_DIM * w.kv().byteSize();
+        long kvBytes = 2L * w.kvLen() * KV_HEADS * w.format().tokenBytes(HEAD_DIM);
+        DType rows = w.kv().isQuantized() ? DType.BF16 : w.kv();
         long target = llc > 0 ? 2 * llc : 512L << 20;
         int layers = (int) Math.max(2, Math.min(ceilDiv(target, kvBytes), Math.max(2, maxRotationBytes / kvBytes)));
         int pages = (int) ceilDiv(w.kvLen(), PAGE);
@@ -244,12 +272,12 @@ final class BenchCommand implements Callable<Integer> {
         Times t;
         double checkErr;
         try (PagedKvCache cache = PagedKvCache.builder(lib).layers(layers).kvHeads(KV_HEADS).headDim(HEAD_DIM)
-                .pageSize(PAGE).numPages(pages).dtype(w.kv()).build();
+                .pageSize(PAGE).numPages(pages).format(w.format()).build();
                 Arena arena = Arena.ofConfined()) {
             int seq = cache.newSequence();
             int chunk = 4096;
-            Tensor[] ks = {randomRows(arena, w.kv(), chunk, rnd, true), randomRows(arena, w.kv(), chunk, rnd, true)};
-            Tensor[] vs = {randomRows(arena, w.kv(), chunk, rnd, false), randomRows(arena, w.kv(), chunk, rnd, false)};
+            Tensor[] ks = {randomRows(arena, rows, chunk, rnd, true), randomRows(arena, rows, chunk, rnd, true)};
+            Tensor[] vs = {randomRows(arena, rows, chunk, rnd, false), randomRows(arena, rows, chunk, rnd, false)};
             int c = 0;
             for (long pos = 0; pos < w.kvLen(); pos += chunk, c++) {
                 int n = (int) Math.min(chunk, w.kvLen() - pos);
@@ -283,6 +311,7 @@ final class BenchCommand implements Callable<Integer> {
         r.put("kv_bytes", kvBytes);
         r.put("kv_gbps", kvBytes / secs / 1e9);
         r.put("check_rel_err", checkErr);
+        r.put("check_tolerance", w.tolerance());
         return r;
     }
 
@@ -376,6 +405,7 @@ final class BenchCommand implements Callable<Integer> {
         r.put("time_us", times(t));
         r.put("gflops", flops / (t.median() * 1e-6) / 1e9);
         r.put("check_rel_err", checkErr);
+        r.put("check_tolerance", w.tolerance());
         return r;
     }
 
@@ -445,6 +475,8 @@ final class BenchCommand implements Callable<Integer> {
         r.put("kind", w.kind());
         r.put("q_dtype", "bf16");
         r.put("kv_dtype", name(w.kv()));
+        r.put("kv_format", w.format().toString());
+        r.put("kv_bytes_per_token", 2L * KV_HEADS * w.format().tokenBytes(HEAD_DIM));
         r.put("out_dtype", "bf16");
         r.put("q_heads", Q_HEADS);
         r.put("kv_heads", KV_HEADS);
@@ -546,11 +578,13 @@ final class BenchCommand implements Callable<Integer> {
                     s2 == null ? "-" : String.format(Locale.ROOT, "%.2fx", s2),
                     Util.sci(((Number) r.get("check_rel_err")).doubleValue()));
         }
-        System.out.println("check: ||out - ref|| / ||ref|| of the benchmarked output against float64 attention "
-                + "(decode: the whole step; prefill: 16 sampled query rows); tolerance 1e-2.");
+        System.out.println("check: ||out - ref|| / ||ref|| of the benchmarked output against float64 attention over the "
+                + "unquantized K/V (decode: the whole step; prefill: 16 sampled query rows); tolerance 1e-2, quantized "
+                + "formats include their quantization error (int8 5e-2, int4 0.3, int2 1.0 on this random data).");
         for (Map<String, Object> r : rows) {
             double e = ((Number) r.get("check_rel_err")).doubleValue();
-            if (!(e <= 1e-2)) {
+            Object tol = r.get("check_tolerance");
+            if (!(e <= (tol == null ? 1e-2 : ((Number) tol).doubleValue()))) {
                 System.out.println("WARNING: " + r.get("name") + ": output check FAILED (rel err " + Util.sci(e) + ")");
             }
         }

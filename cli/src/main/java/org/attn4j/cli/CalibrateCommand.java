@@ -25,8 +25,9 @@ import picocli.CommandLine.Spec;
  */
 @Command(name = "calibrate", mixinStandardHelpOptions = true,
         description = {"Compute per-layer, per-KV-head rotations and clip ratios for a quantized KV cache.",
-                "Inputs: q.npy [n_q, qo_heads, d] and k.npy, v.npy [n_k, kv_heads, d] (one layer), or with a",
-                "leading layer dimension [layers, ...]; little-endian float32/float16/float64, C order."})
+                "Inputs, one layer: --q [n_q, qo_heads, d], --k and --v [n_k, kv_heads, d];",
+                "all layers: the same with a leading [layers, ...] dimension.",
+                ".npy files of '<f4', '<f2' or '<f8' in C order (numpy.save, torch .numpy())."})
 public final class CalibrateCommand implements Callable<Integer> {
     @Spec
     CommandSpec spec;

@@ -3,10 +3,10 @@ package org.attn4j.cli;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
 
-/** The {@code attn4j} command: {@code info}, {@code bench}, {@code verify}. */
+/** The {@code attn4j} command: {@code info}, {@code bench}, {@code verify}, {@code calibrate}. */
 @Command(name = "attn4j", mixinStandardHelpOptions = true, versionProvider = Main.Version.class,
-        description = "Fused attention kernels for the JVM: library info, benchmarks, verification.",
-        subcommands = {InfoCommand.class, BenchCommand.class, VerifyCommand.class,
+        description = "Fused attention kernels for the JVM: library info, benchmarks, verification, KV calibration.",
+        subcommands = {InfoCommand.class, BenchCommand.class, VerifyCommand.class, CalibrateCommand.class,
                 CommandLine.HelpCommand.class})
 public final class Main implements Runnable {
     @CommandLine.Spec

@@ -54,6 +54,28 @@ final class VerifyCommand implements Callable<Integer> {
     @Option(names = "--progress", negatable = true, description = "Progress bar on stderr (default: when a terminal).")
     Boolean progress;
 
+    @Option(names = "--quant", description = "Accuracy of the quantized KV formats (INT8/INT4/INT2 x rotation x group "
+            + "size, plain and with BF16 sinks/window) on one layer: synthetic data, or --q/--k/--v.")
+    boolean quant;
+
+    @Option(names = "--q", paramLabel = "FILE", description = "--quant input: decode query .npy [qo_heads, d] or [1, qo_heads, d].")
+    java.nio.file.Path qFile;
+
+    @Option(names = "--k", paramLabel = "FILE", description = "--quant input: keys .npy [tokens, kv_heads, d].")
+    java.nio.file.Path kFile;
+
+    @Option(names = "--v", paramLabel = "FILE", description = "--quant input: values .npy [tokens, kv_heads, d].")
+    java.nio.file.Path vFile;
+
+    @Option(names = "--tokens", defaultValue = "8192", description = "--quant synthetic data: tokens (default ${DEFAULT-VALUE}).")
+    int tokens;
+
+    @Option(names = "--sinks", defaultValue = "64", description = "--quant: BF16 sink tokens (default ${DEFAULT-VALUE}).")
+    int sinks;
+
+    @Option(names = "--window", defaultValue = "256", description = "--quant: BF16 recent tokens (default ${DEFAULT-VALUE}).")
+    int window;
+
     enum Mode {
         decode("decode (paged)", false, true),
         prefill_causal("prefill causal", true, false),
@@ -92,7 +114,19 @@ final class VerifyCommand implements Callable<Integer> {
     static final int KV_HEADS = 2;
 
     @Override
-    public Integer call() {
+    public Integer call() throws java.io.IOException {
+        boolean files = qFile != null || kFile != null || vFile != null;
+        if (quant || files) {
+            if (files && (qFile == null || kFile == null || vFile == null)) {
+                throw new picocli.CommandLine.ParameterException(new picocli.CommandLine(this),
+                        "--q, --k and --v go together (got " + (qFile != null ? "--q " : "") + (kFile != null ? "--k " : "")
+                                + (vFile != null ? "--v" : "") + ")");
+            }
+            QuantVerify.Layer layer = files ? QuantVerify.fromNpy(qFile, kFile, vFile) : QuantVerify.synthetic(seed, tokens);
+            try (Attn4j lib = Attn4j.open(Util.device(device), threads)) {
+                return QuantVerify.run(lib, layer, sinks, window, progress != null ? progress : Util.stderrIsTerminal());
+            }
+        }
         List<Case> cases = cases();
         List<Outcome> outcomes = new ArrayList<>(cases.size());
         boolean show = progress != null ? progress : Util.stderrIsTerminal();

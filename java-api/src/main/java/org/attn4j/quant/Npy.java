@@ -121,8 +121,8 @@ public final class Npy {
     }
 
     /**
-     * Writes {@code data} as a '<f4' C-order {@code .npy} (version 1.0, or 2.0 for huge shapes),
-     * atomically: a temporary file in the same directory, then a move over {@code file}.
+     * Writes {@code data} as a '<f4' C-order {@code .npy} (version 1.0, or 2.0 for huge headers;
+     * the header is byte-identical to {@code numpy.save}'s), atomically: a temporary file in the same directory, then a move over {@code file}.
      */
     public static void write(Path file, long[] shape, float[] data) throws IOException {
         for (long d : shape) {
@@ -139,6 +139,9 @@ public final class Npy {
             dict.append(shape[i]).append(shape.length == 1 ? "," : i + 1 < shape.length ? ", " : "");
         }
         dict.append("), }");
+        if (shape.length > 0) { // numpy.save's spare room for growing axis 0 in place: same bytes as NumPy
+            dict.append(" ".repeat(Math.max(0, 21 - Long.toString(shape[0]).length())));
+        }
         int major = dict.length() + 1 + 10 > 65535 ? 2 : 1;
         int prefix = major == 1 ? 10 : 12;
         int total = (prefix + dict.length() + 1 + ALIGN - 1) / ALIGN * ALIGN;

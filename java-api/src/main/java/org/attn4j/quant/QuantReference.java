@@ -4,13 +4,13 @@ import org.attn4j.Attn4jException;
 import org.attn4j.Status;
 
 /**
- * Java reference of the native INT8 / INT4 / INT2 group quantizer (attn4j.h, attn4j_kv_quant) and
- * of the orthonormal Walsh-Hadamard transform. Per group of {@code groupSize} values:
- * {@code lo = clip * min, hi = clip * max, scale = (hi - lo) / (2^bits - 1), zero = lo,
- * code = clamp(rint((x - zero) / scale), 0, 2^bits - 1)}, decoded as {@code code * scale + zero}.
- * A group with {@code scale == 0} gets code 0 and {@code zero = min} (exact for constant groups).
- * All arithmetic is float, as in the native code; rounding is round-half-to-even ({@link Math#rint},
- * like {@code nearbyintf} / {@code cvtps2dq}).
+ * Java reference of the native INT8 / INT4 / INT2 group quantizer (native/src/cpu/quantize.cpp,
+ * attn4j_kv_quant) and of the orthonormal Walsh-Hadamard transform. Per group of {@code groupSize}
+ * values: {@code lo = clip * min, hi = clip * max, scale = (hi - lo) / (2^bits - 1), zero = lo}, both
+ * first rounded to the meta dtype (F16 or F32), then
+ * {@code code = floor(clamp((x - zero) / scale, 0, 2^bits - 1) + 0.5)} (half away from zero), decoded
+ * as {@code code * scale + zero}. A constant group ({@code max == min}, or a scale that rounds to 0)
+ * gets scale 0, code 0 and {@code zero = min} without the clip. All arithmetic is float, as natively.
  */
 public final class QuantReference {
     private QuantReference() {}
@@ -18,14 +18,28 @@ public final class QuantReference {
     /** Codes (one per value, 0 .. 2^bits - 1) and per group {scale, zero}. */
     public record Quantized(int bits, int groupSize, int[] codes, float[] scale, float[] zero) {}
 
-    /** Quantizes {@code x} (length a multiple of {@code groupSize}). */
+    /** Quantizes {@code x} (length a multiple of {@code groupSize}) with F32 scale / zero. */
     public static Quantized quantize(float[] x, int bits, int groupSize, float clip) {
+        return quantize(x, bits, groupSize, clip, false);
+    }
+
+    /** Quantizes {@code x}; {@code f16Meta}: scale and zero stored as F16 (rounded before encoding). */
+    public static Quantized quantize(float[] x, int bits, int groupSize, float clip, boolean f16Meta) {
         check(x.length, bits, groupSize, clip);
         int groups = x.length / groupSize;
         int[] codes = new int[x.length];
         float[] scale = new float[groups];
         float[] zero = new float[groups];
-        quantizeInto(x, 0, x.length, bits, groupSize, clip, codes, scale, zero);
+        int maxCode = (1 << bits) - 1;
+        for (int g = 0; g < groups; g++) {
+            int g0 = g * groupSize;
+            long sz = meta(x, g0, groupSize, clip, maxCode, f16Meta);
+            scale[g] = Float.intBitsToFloat((int) (sz >>> 32));
+            zero[g] = Float.intBitsToFloat((int) sz);
+            for (int i = g0; scale[g] != 0f && i < g0 + groupSize; i++) {
+                codes[i] = code(x[i], zero[g], scale[g], maxCode);
+            }
+        }
         return new Quantized(bits, groupSize, codes, scale, zero);
     }
 
@@ -41,59 +55,52 @@ public final class QuantReference {
 
     /**
      * Quantizes then decodes {@code n} values of {@code x} from {@code off} into {@code out} (same
-     * offset), without allocating: the inner loop of the calibrator's clip search.
+     * offset) with F32 meta, without allocating: the inner loop of the calibrator's clip search.
      */
     public static void roundTrip(float[] x, int off, int n, int bits, int groupSize, float clip, float[] out) {
+        roundTrip(x, off, n, bits, groupSize, clip, false, out);
+    }
+
+    /** {@link #roundTrip(float[], int, int, int, int, float, float[])} with F16 or F32 meta. */
+    public static void roundTrip(float[] x, int off, int n, int bits, int groupSize, float clip, boolean f16Meta,
+                                 float[] out) {
         check(n, bits, groupSize, clip);
         int maxCode = (1 << bits) - 1;
         for (int g0 = off; g0 < off + n; g0 += groupSize) {
-            float min = Float.POSITIVE_INFINITY, max = Float.NEGATIVE_INFINITY;
+            long sz = meta(x, g0, groupSize, clip, maxCode, f16Meta);
+            float scale = Float.intBitsToFloat((int) (sz >>> 32)), zero = Float.intBitsToFloat((int) sz);
             for (int i = g0; i < g0 + groupSize; i++) {
-                min = Math.min(min, x[i]);
-                max = Math.max(max, x[i]);
-            }
-            float lo = clip * min, hi = clip * max;
-            float scale = (hi - lo) / maxCode;
-            if (scale == 0f) {
-                for (int i = g0; i < g0 + groupSize; i++) {
-                    out[i] = min;
-                }
-                continue;
-            }
-            for (int i = g0; i < g0 + groupSize; i++) {
-                out[i] = code(x[i], lo, scale, maxCode) * scale + lo;
+                out[i] = scale == 0f ? zero : code(x[i], zero, scale, maxCode) * scale + zero;
             }
         }
     }
 
-    private static void quantizeInto(float[] x, int off, int n, int bits, int groupSize, float clip,
-                                     int[] codes, float[] scales, float[] zeros) {
-        int maxCode = (1 << bits) - 1;
-        for (int g = 0; g < n / groupSize; g++) {
-            int g0 = off + g * groupSize;
-            float min = Float.POSITIVE_INFINITY, max = Float.NEGATIVE_INFINITY;
-            for (int i = g0; i < g0 + groupSize; i++) {
-                min = Math.min(min, x[i]);
-                max = Math.max(max, x[i]);
-            }
-            float lo = clip * min, hi = clip * max;
-            float scale = (hi - lo) / maxCode;
-            if (scale == 0f) {
-                scales[g] = 0f;
-                zeros[g] = min;
-                continue; // codes stay 0
-            }
-            scales[g] = scale;
-            zeros[g] = lo;
-            for (int i = g0; i < g0 + groupSize; i++) {
-                codes[i - off] = code(x[i], lo, scale, maxCode);
-            }
+    /** {scale, zero} of one group, as stored (bits of the two floats packed high / low). */
+    private static long meta(float[] x, int g0, int groupSize, float clip, int maxCode, boolean f16) {
+        float min = x[g0], max = x[g0];
+        for (int i = g0 + 1; i < g0 + groupSize; i++) {
+            min = Math.min(min, x[i]);
+            max = Math.max(max, x[i]);
         }
+        float lo = clip * min, hi = clip * max;
+        float scale = roundMeta((hi - lo) / maxCode, f16);
+        float zero = roundMeta(lo, f16);
+        if (!(max > min) || !(scale > 0f)) {
+            scale = 0f;
+            zero = roundMeta(min, f16);
+        }
+        return ((long) Float.floatToRawIntBits(scale) << 32) | (Float.floatToRawIntBits(zero) & 0xffffffffL);
     }
 
+    private static float roundMeta(float v, boolean f16) {
+        return f16 ? Float.float16ToFloat(Float.floatToFloat16(v)) : v;
+    }
+
+    /** Native: v = clamp((x - zero) / scale, 0, max), code = floor(v + 0.5). */
     private static int code(float x, float zero, float scale, int maxCode) {
-        float c = (float) Math.rint((x - zero) / scale);
-        return c <= 0f ? 0 : c >= maxCode ? maxCode : (int) c; // NaN -> 0 like a clamp after max(0, .)
+        float v = (x - zero) / scale;
+        v = Math.min(Math.max(v, 0f), (float) maxCode);
+        return Math.min((int) Math.floor(v + 0.5f), maxCode);
     }
 
     private static void check(int n, int bits, int groupSize, float clip) {

@@ -144,9 +144,17 @@ class CalibratorTest {
         assertEquals(4f / 3, c.scale()[0], 1e-7);
         assertEquals(-2f, c.zero()[0]);
         assertArrayEquals(new int[] {0, 3, 2, 2}, c.codes());
-        // round half to even: (x - 0) / 1 = 0.5 -> 0, 1.5 -> 2, 2.5 -> 2
+        // round half away from zero, as natively (floor(v + 0.5)): 0.5 -> 1, 1.5 -> 2, 2.5 -> 3
         QuantReference.Quantized h = QuantReference.quantize(new float[] {0, 0.5f, 1.5f, 2.5f, 3}, 2, 5, 1f);
-        assertArrayEquals(new int[] {0, 0, 2, 2, 3}, h.codes());
+        assertArrayEquals(new int[] {0, 1, 2, 3, 3}, h.codes());
+        // F16 meta: scale and zero rounded to half before the codes are computed
+        float[] x = {0.1f, 0.2f, 0.3f, 1.7f};
+        QuantReference.Quantized f = QuantReference.quantize(x, 2, 4, 1f, true);
+        assertEquals(Float.float16ToFloat(Float.floatToFloat16((1.7f - 0.1f) / 3)), f.scale()[0]);
+        assertEquals(Float.float16ToFloat(Float.floatToFloat16(0.1f)), f.zero()[0]);
+        float[] rt = new float[4];
+        QuantReference.roundTrip(x, 0, 4, 2, 4, 1f, true, rt);
+        assertArrayEquals(QuantReference.dequantize(f), rt);
     }
 
     @Test

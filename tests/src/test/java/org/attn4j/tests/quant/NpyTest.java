@@ -101,8 +101,8 @@ class NpyTest {
 
     @Test
     void readsFileAsNumpyWritesIt() throws IOException {
-        // numpy.save(np.arange(6, dtype='<f4').reshape(2, 3)): 59-character dict, with the 21-digit
-        // growth padding of numpy >= 1.23 the header is 118 bytes, 128 with the prefix.
+        // numpy.save(np.arange(6, dtype='<f4').reshape(2, 3)) (checked with NumPy 2.4): the 59-character
+        // dict, 20 spaces of room to grow axis 0, padding and '\n': 118 header bytes, 128 with the prefix.
         String dict = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }" + " ".repeat(20);
         byte[] bytes = npy(1, dict, f4(0, 1, 2, 3, 4, 5));
         assertEquals(128 + 24, bytes.length);
@@ -110,6 +110,9 @@ class NpyTest {
         NpyArray a = Npy.read(file("np.npy", bytes));
         assertArrayEquals(new long[] {2, 3}, a.shape());
         assertArrayEquals(new float[] {0, 1, 2, 3, 4, 5}, a.data());
+        Path mine = dir.resolve("mine.npy");
+        Npy.write(mine, new long[] {2, 3}, new float[] {0, 1, 2, 3, 4, 5});
+        assertArrayEquals(bytes, Files.readAllBytes(mine), "Npy.write produces numpy.save's bytes");
         assertEquals(2, a.dim(0));
         assertEquals(3, a.dim(1));
         // without the growth padding (older numpy): 64-byte aligned as well

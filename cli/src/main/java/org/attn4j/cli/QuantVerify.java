@@ -1,0 +1,170 @@
+package org.attn4j.cli;
+
+import java.io.IOException;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+
+import org.attn4j.Attn4j;
+import org.attn4j.DType;
+import org.attn4j.KvFormat;
+import org.attn4j.Rotation;
+import org.attn4j.quant.Calibration;
+import org.attn4j.quant.Calibrator;
+import org.attn4j.quant.Npy;
+import org.attn4j.quant.QuantAccuracy;
+import org.attn4j.quant.SyntheticKv;
+
+import me.tongfei.progressbar.ProgressBar;
+
+/**
+ * {@code attn4j verify --quant}: for every format x rotation x group size, the relative error of the
+ * decode output over the quantized cache against fp64 attention over the unquantized K/V, stored
+ * plainly and with BF16 sinks and recent window. Data: one layer from .npy files or the synthetic
+ * generator. The issue's budgets are checked where they apply.
+ */
+final class QuantVerify {
+    /** One layer: q [qoHeads][d] (one decode query), k and v [tokens][kvHeads][d]. */
+    record Layer(String source, float[] q, float[] k, float[] v, int qoHeads, int kvHeads, int headDim, int tokens,
+                 float[] calibrationQueries, int calibrationQueryCount) {}
+
+    record Row(DType dtype, int group, Rotation rotation, double bits, double plain, double mixed) {}
+
+    private QuantVerify() {}
+
+    static Layer synthetic(long seed, int tokens) {
+        SyntheticKv s = SyntheticKv.builder().tokens(tokens).seed(seed).build();
+        // Calibration samples come from another draw of the same distribution (offline data).
+        SyntheticKv sample = SyntheticKv.builder().tokens(tokens).seed(seed ^ 0x5eedL).build();
+        int nq = 16;
+        return new Layer("synthetic (seed " + seed + ", " + tokens + " tokens)", s.q(), s.k(), s.v(), s.qoHeads(),
+                s.kvHeads(), s.headDim(), tokens, sample.sampleQueries(nq), nq);
+    }
+
+    /** q: [qo_heads, d] or [1, qo_heads, d] (the decode query; also used to calibrate), k, v: [tokens, kv_heads, d]. */
+    static Layer fromNpy(Path qf, Path kf, Path vf) throws IOException {
+        Npy.NpyArray q = Npy.read(qf);
+        Npy.NpyArray k = Npy.read(kf);
+        Npy.NpyArray v = Npy.read(vf);
+        if (q.rank() == 3) {
+            Npy.requireShape(q, qf + " (q)", 1, -1, -1);
+        } else {
+            Npy.requireShape(q, qf + " (q)", -1, -1);
+        }
+        Npy.requireShape(k, kf + " (k)", -1, -1, q.dim(q.rank() - 1));
+        Npy.requireShape(v, vf + " (v)", k.dim(0), k.dim(1), k.dim(2));
+        int qoHeads = q.dim(q.rank() - 2);
+        int kvHeads = k.dim(1);
+        if (qoHeads % kvHeads != 0) {
+            throw new IllegalArgumentException(qf + " (q): " + qoHeads + " query heads are not a multiple of the "
+                    + kvHeads + " KV heads of " + kf);
+        }
+        return new Layer(qf.getFileName() + ", " + kf.getFileName() + ", " + vf.getFileName(), q.data(), k.data(),
+                v.data(), qoHeads, kvHeads, k.dim(2), k.dim(0), q.data(), 1);
+    }
+
+    static int run(Attn4j lib, Layer layer, int sinks, int window, boolean showProgress) {
+        DType[] types = {DType.INT8, DType.INT4, DType.INT2};
+        int[] groups = {32, 64, 128};
+        Rotation[] rotations = {Rotation.NONE, Rotation.HADAMARD, Rotation.CALIBRATED};
+        boolean pow2 = Integer.bitCount(layer.headDim()) == 1;
+        List<Row> rows = new ArrayList<>();
+        int total = types.length * groups.length * rotations.length;
+        System.out.printf("attn4j verify --quant: %s; %d q / %d kv heads, head_dim %d; BF16 segments: %d sinks + %d "
+                + "recent%n", layer.source(), layer.qoHeads(), layer.kvHeads(), layer.headDim(), sinks, window);
+        System.out.println("error = ||out - ref|| / ||ref||, ref = fp64 attention over the unquantized K/V");
+        try (ProgressBar pb = Util.progress("verify --quant", total, showProgress)) {
+            for (DType t : types) {
+                for (int g : groups) {
+                    if (layer.headDim() % g != 0) {
+                        pb.stepBy(rotations.length);
+                        continue;
+                    }
+                    Calibration cal = null;
+                    for (Rotation r : rotations) {
+                        if (r != Rotation.NONE && !pow2) {
+                            pb.step();
+                            continue;
+                        }
+                        if (r == Rotation.CALIBRATED) {
+                            cal = calibrate(layer, t.bits(), g);
+                        }
+                        KvFormat f = KvFormat.quantized(t, g).withRotation(r);
+                        double plain = error(lib, layer, f, cal, 0, 0);
+                        double mixed = error(lib, layer, f, cal, sinks, window);
+                        rows.add(new Row(t, g, r, f.effectiveBits(layer.headDim()), plain, mixed));
+                        pb.step();
+                    }
+                }
+            }
+        }
+        System.out.println();
+        System.out.printf("%-5s %5s %-10s %6s %12s %16s%n", "fmt", "G", "rotation", "bits", "plain", "+BF16 sink/win");
+        for (Row r : rows) {
+            System.out.printf("%-5s %5d %-10s %6.2f %11.3f%% %15.3f%%%n", r.dtype(), r.group(),
+                    r.rotation().toString().toLowerCase(java.util.Locale.ROOT), r.bits(), 100 * r.plain(),
+                    100 * r.mixed());
+        }
+        return budgets(rows);
+    }
+
+    private static Calibration calibrate(Layer layer, int bits, int group) {
+        Calibrator.LayerSamples s = new Calibrator.LayerSamples(layer.calibrationQueries(),
+                layer.calibrationQueryCount(), layer.qoHeads(), layer.k(), layer.v(), layer.tokens(), layer.kvHeads(),
+                layer.headDim());
+        return new Calibrator(bits, group).calibrate(List.of(s)).calibration();
+    }
+
+    private static double error(Attn4j lib, Layer l, KvFormat f, Calibration cal, int sinks, int window) {
+        return QuantAccuracy.relativeError(lib, l.q(), l.k(), l.v(), l.qoHeads(), l.kvHeads(), l.headDim(), l.tokens(),
+                f, cal, sinks, window, 16);
+    }
+
+    /** The accuracy bars at G = 128; prints each verdict, returns 1 when one is missed. */
+    private static int budgets(List<Row> rows) {
+        System.out.println();
+        int missed = 0;
+        Row int8 = find(rows, DType.INT8, Rotation.NONE);
+        if (int8 == null) {
+            System.out.println("  (the bars are stated for G = 128; head_dim is not a multiple of 128)");
+            return 0;
+        }
+        Row int8h = find(rows, DType.INT8, Rotation.HADAMARD);
+        double best8 = int8h == null ? int8.plain() : Math.min(int8.plain(), int8h.plain());
+        missed += verdict("INT8 G128 (best of none/Hadamard), plain <= 1%", best8, 0.01);
+        Row int4 = find(rows, DType.INT4, Rotation.HADAMARD);
+        if (int4 != null) {
+            missed += verdict("INT4 G128 + Hadamard + BF16 sinks/window <= 2%", int4.mixed(), 0.02);
+        }
+        Row h2 = find(rows, DType.INT2, Rotation.HADAMARD);
+        Row c2 = find(rows, DType.INT2, Rotation.CALIBRATED);
+        Row p2 = find(rows, DType.INT2, Rotation.NONE);
+        if (h2 != null && c2 != null) {
+            double best = Math.min(h2.mixed(), c2.mixed());
+            missed += verdict("INT2 G128 + rotation + BF16 sinks/window <= 8%", best, 0.08);
+            System.out.printf("  INT2 plain / INT2 rotated + BF16: %.1fx (bar >= 10x) %s%n", p2.plain() / best,
+                    p2.plain() >= 10 * best ? "met" : "MISSED");
+            missed += p2.plain() >= 10 * best ? 0 : 1;
+            System.out.printf("  calibrated vs Hadamard (INT2 G128 + BF16): %.3f%% vs %.3f%% %s%n", 100 * c2.mixed(),
+                    100 * h2.mixed(), c2.mixed() <= h2.mixed() ? "(no worse: met)" : "(worse: MISSED)");
+            missed += c2.mixed() <= h2.mixed() ? 0 : 1;
+        }
+        System.out.println(missed == 0 ? "all accuracy bars met" : missed + " accuracy bar(s) missed");
+        return missed == 0 ? 0 : 1;
+    }
+
+    private static int verdict(String what, double err, double bar) {
+        boolean ok = err <= bar;
+        System.out.printf("  %-50s %7.3f%% %s%n", what, 100 * err, ok ? "met" : "MISSED");
+        return ok ? 0 : 1;
+    }
+
+    private static Row find(List<Row> rows, DType t, Rotation r) {
+        for (Row row : rows) {
+            if (row.dtype() == t && row.rotation() == r && row.group() == 128) {
+                return row;
+            }
+        }
+        return null;
+    }
+}
