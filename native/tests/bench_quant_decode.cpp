@@ -215,6 +215,62 @@ QuantResult bench_quant(int bits, int len, int ps, int threads, int runs, size_t
     return {median(times), double(kv_bytes)};
 }
 
+// BENCH_MICRO=<tokens>: one chunk of one KV head (group 4), cache-resident (L2), run back to back;
+// prints best-of-reps ns per token (4 query heads) for INT8 / INT4 / INT2.
+void bench_micro(int len, Isa isa) {
+    const int ps = 16, np = len / ps;
+    std::mt19937_64 rng(7);
+    const int reps = std::getenv("BENCH_REPS") ? std::atoi(std::getenv("BENCH_REPS")) : 200;
+    for (int bits : {8, 4, 2}) {
+        if (const char* e = std::getenv("BENCH_BITS"))
+            if (std::atoi(e) != bits) continue;
+        const QuantFormat f{bits, D, 128, ATTN4J_DTYPE_F32};
+        const int64_t head_block = int64_t(ps) * f.token_bytes();
+        std::vector<uint8_t> K(size_t(np) * head_block), V(K.size());
+        for (auto* buf : {&K, &V}) {
+            for (auto& x : *buf) x = uint8_t(rng());
+            for (int p = 0; p < np; ++p)
+                for (int t = 0; t < ps; ++t) {
+                    const float sz[2] = {0.02f + float(rng() % 100) * 1e-4f, -1.f + float(rng() % 100) * 1e-3f};
+                    std::memcpy(buf->data() + p * head_block + int64_t(ps) * f.code_bytes() + t * f.meta_bytes(), sz, 8);
+                }
+        }
+        std::vector<int32_t> idx(np);
+        std::iota(idx.begin(), idx.end(), 0);
+        std::shuffle(idx.begin(), idx.end(), rng);
+        std::vector<float> q(size_t(GRP) * D), out(size_t(GRP) * D), lse(GRP);
+        for (auto& x : q) x = float(int(rng() % 200) - 100) / 50.f * 0.08838834764831845f * 1.4426950408889634f;
+        const size_t sb = cpu::quant_chunk_scratch_bytes(GRP, D, ps);
+        std::vector<uint8_t> sm(sb + 64);
+        cpu::QuantDecodeChunk ch;
+        ch.fmt = f;
+        ch.k_rot = RotationView{ATTN4J_ROTATION_HADAMARD, nullptr, nullptr};
+        ch.v_rot = ch.k_rot;
+        ch.group = GRP;
+        ch.page_size = ps;
+        ch.k_base = K.data();
+        ch.v_base = V.data();
+        ch.page_stride_bytes = head_block;
+        ch.pages = idx.data();
+        ch.num_tokens = len;
+        ch.q = q.data();
+        ch.out = out.data();
+        ch.lse2 = lse.data();
+        ch.scratch = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(sm.data()) + 63) & ~uintptr_t(63));
+        const cpu::QuantChunkFn fn = cpu::quant_chunk_fn(isa);
+        double best = 1e30;
+        for (int r = 0; r < reps; ++r) {
+            const auto t0 = clk::now();
+            fn(ch);
+            best = std::min(best, seconds_since(t0));
+        }
+        double cs = 0;
+        for (float x : out) cs += x;
+        std::printf("  INT%d micro: %d tokens, best of %d: %.2f ns/token (4 q heads)  [checksum %.6f]\n", bits, len, reps,
+                    best * 1e9 / len, cs);
+    }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -224,6 +280,10 @@ int main(int argc, char** argv) {
     const Isa isa = !std::strcmp(isa_arg, "best") ? cpu_features().isa
                     : !std::strcmp(isa_arg, "avx512") ? Isa::avx512
                     : !std::strcmp(isa_arg, "avx2") ? Isa::avx2 : Isa::scalar;
+    if (const char* e = std::getenv("BENCH_MICRO")) {
+        bench_micro(std::atoi(e), isa);
+        return 0;
+    }
     const size_t l3 = l3_bytes();
     // BENCH_HOT=1: two small copies, cache-resident (the compute ceiling).
     const size_t min_total = std::getenv("BENCH_HOT") ? 0 : std::max<size_t>(2 * l3, size_t(256) << 20);

@@ -49,6 +49,7 @@ struct Case {
     bool lse;
     int force_chunks;
     bool graph;
+    const char* mode = "";  // ATTN4J_CUDA_QDECODE for this case's plan ("old": per-kv-head kernel)
 };
 
 const char* rot_name(attn4j_rotation r) {
@@ -122,10 +123,10 @@ std::string describe(const Case& c) {
     for (int l : c.lens) maxl = std::max(maxl, l), tot += l;
     std::snprintf(buf, sizeof buf,
                   "int%d d%d G%d meta=%s krot=%s vrot=%s hkv=%d grp=%d ps=%d B=%zu tok=%ld max=%d q=%s out=%s lse=%d "
-                  "chunks=%d%s",
+                  "chunks=%d%s%s%s",
                   c.bits, c.D, c.G, c.meta == ATTN4J_DTYPE_F32 ? "f32" : "f16", rot_name(c.krot), rot_name(c.vrot),
                   c.hkv, c.group, c.ps, c.lens.size(), tot, maxl, dname(c.q), dname(c.out), int(c.lse),
-                  c.force_chunks, c.graph ? " graph" : "");
+                  c.force_chunks, c.graph ? " graph" : "", *c.mode ? " mode=" : "", c.mode);
     return buf;
 }
 
@@ -265,7 +266,9 @@ void run_case(const Case& c, uint64_t seed) {
     desc.max_batch_size = B + 2;
     cuda::DecodeTuning tuning;
     tuning.force_chunks = c.force_chunks;
+    if (*c.mode) setenv("ATTN4J_CUDA_QDECODE", c.mode, 1);
     auto kernel = cuda::make_quant_decode_kernel(desc, 0, tuning);
+    unsetenv("ATTN4J_CUDA_QDECODE");
 
     DecodeArgs a;
     a.shape = {hqo, hkv, D, sm_scale, false};
@@ -364,6 +367,23 @@ int main(int argc, char** argv) {
                     {std::min(max_len, 777), 5}, ATTN4J_DTYPE_F32, ATTN4J_DTYPE_F32, true, 3, false});
     list.push_back({64, 32, 2, ATTN4J_DTYPE_F16, ATTN4J_ROTATION_NONE, ATTN4J_ROTATION_MATRIX, 2, 16, 1,
                     {std::min(max_len, 300), 1, 64}, ATTN4J_DTYPE_F16, ATTN4J_DTYPE_F32, true, 0, false});
+    // fixed, page-major kernel: kv heads not a multiple of 8 (tiles of 8 + 4), per-head matrix
+    // rotations past the first tile, page 64 (sub-pages of a stage), page 1 (4-byte copies), 5 heads
+    list.push_back({128, 128, 2, ATTN4J_DTYPE_F32, ATTN4J_ROTATION_MATRIX, ATTN4J_ROTATION_MATRIX, 12, 4, 16,
+                    {std::min(max_len, 2000), 37}, ATTN4J_DTYPE_BF16, ATTN4J_DTYPE_F32, true, 0, false});
+    list.push_back({128, 64, 4, ATTN4J_DTYPE_F16, ATTN4J_ROTATION_HADAMARD, ATTN4J_ROTATION_NONE, 8, 4, 64,
+                    {std::min(max_len, 3000), 200, 65}, ATTN4J_DTYPE_F16, ATTN4J_DTYPE_BF16, true, 0, false});
+    list.push_back({128, 128, 8, ATTN4J_DTYPE_F32, ATTN4J_ROTATION_HADAMARD, ATTN4J_ROTATION_HADAMARD, 8, 4, 1,
+                    {std::min(max_len, 500), 3}, ATTN4J_DTYPE_BF16, ATTN4J_DTYPE_BF16, false, 0, false});
+    list.push_back({64, 64, 2, ATTN4J_DTYPE_F16, ATTN4J_ROTATION_NONE, ATTN4J_ROTATION_HADAMARD, 5, 8, 2,
+                    {std::min(max_len, 900), 17, 1}, ATTN4J_DTYPE_F32, ATTN4J_DTYPE_F16, true, 5, false});
+    // fixed, previous per-kv-head kernel forced (still the path for group > 8 and odd page sizes)
+    for (int bits : {4, 2}) {
+        Case c{128, 128, bits, ATTN4J_DTYPE_F32, ATTN4J_ROTATION_HADAMARD, ATTN4J_ROTATION_HADAMARD, 8, 4, 16,
+               {std::min(max_len, 3000), 100}, ATTN4J_DTYPE_BF16, ATTN4J_DTYPE_BF16, true, 0, false};
+        c.mode = "old";
+        list.push_back(c);
+    }
     std::mt19937_64 rng(seed);
     auto pick = [&](int k) { return int(rng() % uint64_t(k)); };
     const attn4j_dtype fl[3] = {ATTN4J_DTYPE_F32, ATTN4J_DTYPE_F16, ATTN4J_DTYPE_BF16};
@@ -378,7 +398,8 @@ int main(int argc, char** argv) {
         c.meta = pick(2) ? ATTN4J_DTYPE_F32 : ATTN4J_DTYPE_F16;
         c.krot = rots[pick(3)];
         c.vrot = rots[pick(3)];
-        c.hkv = 1 + pick(3);
+        const int hkvs[6] = {1, 2, 3, 5, 8, 9};
+        c.hkv = hkvs[pick(6)];
         const int groups[3] = {1, 4, 8};
         c.group = groups[pick(3)];
         const int pss[3] = {1, 16, 64};

@@ -369,8 +369,10 @@ void test_formats(uint64_t seed) {
                 std::vector<float> kr, vr;
                 fill(ctx, c, lens, free_pages, pg, tb, kr, vr, rng, n % 2 ? ATTN4J_DTYPE_BF16 : ATTN4J_DTYPE_F32, nm);
                 check_bit_exact(c, pg, lens, kr, vr, nm);
-                // The kernel's own error over the decoded cache (integer q is allowed a little).
-                const double tol = dts[di] == ATTN4J_DTYPE_INT8 ? 5e-3 : 1e-2;
+                // The kernel's own error over the decoded cache: integer q and u8 PV weights are
+                // allowed a little. test_quant holds the kernels to tighter bounds on realistic
+                // keys; these rows have two channels at 6 + 8 sigma, unrotated at worst.
+                const double tol = dts[di] == ATTN4J_DTYPE_INT8 ? 5e-3 : 2.5e-2;
                 run_decode(ctx, {Segment{&c, &pg, &lens}}, {&tb}, qoh, int(lens.size()), rng, nm, tol);
             }
     attn4j_context_destroy(ctx);

@@ -23,6 +23,7 @@ struct Avx2QuantOps {
     static inline V mul(V a, V b) { return _mm256_mul_ps(a, b); }
     static inline V add(V a, V b) { return _mm256_add_ps(a, b); }
     static inline V sub(V a, V b) { return _mm256_sub_ps(a, b); }
+    static inline V max(V a, V b) { return _mm256_max_ps(a, b); }
     static inline float hmax(V v) {
         __m128 x = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         x = _mm_max_ps(x, _mm_movehl_ps(x, x));
@@ -70,22 +71,64 @@ struct Avx2QuantOps {
     static inline float exp2_scalar(float x) { return std::exp2(x); }
 
     // Meta of 8 tokens whose rows are `mb` bytes apart from m0 (tokens >= n give 0):
-    // sc[g * 8 + t], zr[g * 8 + t].
+    // sc[g * kBlock + t], zr[g * kBlock + t].
     static inline void gather_meta(const uint8_t* m0, int mb, int n, const QuantFormat& f, float* sc, float* zr) {
         const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(mb));
         const V m = tail_mask(n);
         for (int g = 0; g < f.groups(); ++g) {
             if (f.meta_dtype == ATTN4J_DTYPE_F32) {
                 const float* p = reinterpret_cast<const float*>(m0 + 8 * g);
-                store(sc + g * 8, _mm256_mask_i32gather_ps(zero(), p, idx, m, 1));
-                store(zr + g * 8, _mm256_mask_i32gather_ps(zero(), p + 1, idx, m, 1));
+                store(sc + g * kBlock, _mm256_mask_i32gather_ps(zero(), p, idx, m, 1));
+                store(zr + g * kBlock, _mm256_mask_i32gather_ps(zero(), p + 1, idx, m, 1));
             } else {
                 const int* p = reinterpret_cast<const int*>(m0 + 4 * g);
                 const __m256i x = _mm256_mask_i32gather_epi32(_mm256_setzero_si256(), p, idx, _mm256_castps_si256(m), 1);
                 const __m256i lo = _mm256_and_si256(x, _mm256_set1_epi32(0xFFFF)), hi = _mm256_srli_epi32(x, 16);
                 const __m256i pk = _mm256_permute4x64_epi64(_mm256_packus_epi32(lo, hi), 0xD8);
-                store(sc + g * 8, _mm256_cvtph_ps(_mm256_castsi256_si128(pk)));
-                store(zr + g * 8, _mm256_cvtph_ps(_mm256_extracti128_si256(pk, 1)));
+                store(sc + g * kBlock, _mm256_cvtph_ps(_mm256_castsi256_si128(pk)));
+                store(zr + g * kBlock, _mm256_cvtph_ps(_mm256_extracti128_si256(pk, 1)));
+            }
+        }
+    }
+
+    // {scale, zero} F32 pairs of 16 consecutive tokens (one group) -> sc[0..15], zr[0..15].
+    static inline void load_meta_f32(const uint8_t* m, float* sc, float* zr) {
+        const float* p = reinterpret_cast<const float*>(m);
+        for (int half = 0; half < 2; ++half) {
+            const V a = load(p + 16 * half), b = load(p + 16 * half + 8);  // s0 z0 s1 z1 .. | s4 z4 ..
+            const V s = _mm256_shuffle_ps(a, b, 0x88), z = _mm256_shuffle_ps(a, b, 0xDD);  // s0 s1 s4 s5 | s2 s3 s6 s7
+            store(sc + 8 * half, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(s), 0xD8)));
+            store(zr + 8 * half, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(z), 0xD8)));
+        }
+    }
+
+    // K phase of a block, INT4 / INT2 with NB code bytes per group (compile time, >= 32): per
+    // token and group as kdot_i8, fully unrolled; q = s8 q of the tile's first head
+    // ([GN][2][HD]), sacc[((h * ng + g) * kBlock + t) * 8].
+    template <int BITS, int GN, int HD, int NB>
+    static inline void kblock_i8(const uint8_t* base, const int64_t* coff, int n, const int8_t* q, float* sacc) {
+        constexpr int per = 8 / BITS, G = NB * 8 / BITS, ng = HD / G;
+        const __m256i mask = _mm256_set1_epi8(char((1 << BITS) - 1));
+        const __m256i w127 = _mm256_set1_epi16(127), ones = _mm256_set1_epi16(1);
+        for (int t = 0; t < n; ++t) {
+            const uint8_t* row = base + coff[t];
+            for (int g = 0; g < ng; ++g) {
+                __m256i acc[GN], res[GN];
+                for (int h = 0; h < GN; ++h) acc[h] = res[h] = _mm256_setzero_si256();
+                for (int cb = 0; cb < NB / 32; ++cb) {
+                    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + g * NB + cb * 32));
+                    for (int sh = 0; sh < per; ++sh) {
+                        const __m256i u = _mm256_and_si256(sh ? _mm256_srli_epi16(x, BITS * sh) : x, mask);
+                        for (int h = 0; h < GN; ++h) {
+                            const int8_t* qh = q + 2 * h * HD + g * G + (cb * per + sh) * 32;
+                            acc[h] = _mm256_add_epi16(acc[h], _mm256_maddubs_epi16(u, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qh))));
+                            res[h] = _mm256_add_epi16(res[h], _mm256_maddubs_epi16(u, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qh + HD))));
+                        }
+                    }
+                }
+                for (int h = 0; h < GN; ++h)
+                    _mm256_storeu_ps(sacc + ((h * ng + g) * kBlock + t) * 8,
+                                     _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_madd_epi16(acc[h], w127), _mm256_madd_epi16(res[h], ones))));
             }
         }
     }
@@ -164,29 +207,37 @@ struct Avx2QuantOps {
         }
     }
 
-    // u8 weights of a block of 8: pairs[k] = (wq[2k] | wq[2k+1] << 8) repeated to 32 bits,
-    // *scale = max / 255; returns sum_t (w_t - scale * wq_t).
-    static inline float quantize_weights(const float* w, uint32_t* pairs, float* scale) {
-        const V x = load(w);
-        const float mx = hmax(x);
-        const float sc = mx / 255.f;
-        *scale = sc;
-        const V inv = set1(mx > 0.f ? 255.f / mx : 0.f);
-        const __m256i q = _mm256_cvtps_epi32(mul(x, inv));  // nearest even
-        const V err = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(q), set1(sc), x);
-        const __m128i q16 = _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
-        const __m128i q8 = _mm_packus_epi16(q16, q16);          // 8 bytes: wq0..wq7
+    // u8 weights of a block of 16, per half of 8 tokens: pairs[k] = (wq[2k] | wq[2k+1] << 8)
+    // repeated to 32 bits, half unit u_i = max_i / 255; *ratio = (r0 | r1 << 16) with
+    // r_i = round(32767 * u_i / u_max), *scale = u_max / 32767; returns sum_t (w_t - u_t * wq_t).
+    static inline float quantize_weights(const float* w, uint32_t* pairs, float* scale, uint32_t* ratio) {
+        const V x0 = load(w), x1 = load(w + 8);
+        const float m0 = hmax(x0), m1 = hmax(x1);
+        const float mx = m0 > m1 ? m0 : m1;
+        const int r0 = mx > 0.f ? int(32767.f * m0 / mx + 0.5f) : 0, r1 = mx > 0.f ? int(32767.f * m1 / mx + 0.5f) : 0;
+        *ratio = uint32_t(r0) | uint32_t(r1) << 16;
+        *scale = mx / (255.f * 32767.f);
+        const float u0 = float(r0) * *scale, u1 = float(r1) * *scale;  // effective units
+        const __m256i q0 = _mm256_cvtps_epi32(mul(x0, set1(u0 > 0.f ? 1.f / u0 : 0.f)));  // nearest even
+        const __m256i q1 = _mm256_cvtps_epi32(mul(x1, set1(u1 > 0.f ? 1.f / u1 : 0.f)));
+        const __m256i q0c = _mm256_min_epi32(q0, _mm256_set1_epi32(255)), q1c = _mm256_min_epi32(q1, _mm256_set1_epi32(255));
+        const V err = add(_mm256_fnmadd_ps(_mm256_cvtepi32_ps(q0c), set1(u0), x0),
+                          _mm256_fnmadd_ps(_mm256_cvtepi32_ps(q1c), set1(u1), x1));
+        const __m256i q16 = _mm256_permute4x64_epi64(_mm256_packus_epi32(q0c, q1c), 0xD8);  // wq0..wq15 as u16
+        const __m128i q8 = _mm_packus_epi16(_mm256_castsi256_si128(q16), _mm256_extracti128_si256(q16, 1));
         _mm_storeu_si128(reinterpret_cast<__m128i*>(pairs), _mm_unpacklo_epi16(q8, q8));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(pairs + 4), _mm_unpackhi_epi16(q8, q8));
         return hsum(err);
     }
 
     // Integer PV (INT4 / INT2, n >= 32): per 32-byte run of codes and shift, token pairs
     // interleaved byte-wise (vpunpck{l,h}bw) and multiplied by the pair's u8 weights
-    // (vpmaddubsw: weights unsigned, codes <= 15 signed), s16 sums over the block's 4 pairs
-    // (<= 4 * 2 * 255 * 15 < 2^15), then o += wscale * sums in F32. o order: runs x shifts x 32.
+    // (vpmaddubsw: weights unsigned, codes <= 15 signed), s16 sums over each half block's 4
+    // pairs (<= 4 * 2 * 255 * 15 < 2^15), the halves combined by vpmaddwd with their s16 unit
+    // ratios (wratio), then o += wscale * sums in F32. o order: runs x shifts x 32 (pv_byte).
     template <int BITS, int GN, int HD>
     static inline void pv_int(const uint8_t* const* rows, int n, int nb, const uint32_t* wpair, const float* wscale,
-                              const float* alpha, float* o) {
+                              const uint32_t* wratio, const float* alpha, float* o) {
         constexpr int per = 8 / BITS, kRuns = HD * BITS / 8 / 32;
         const __m256i mask = _mm256_set1_epi8(char((1 << BITS) - 1));
         for (int h = 0; h < GN; ++h)
@@ -199,16 +250,21 @@ struct Avx2QuantOps {
         for (int cb = 0; cb < kRuns; ++cb) {
             const int g = cb * 32 / nb;
             for (int sh = 0; sh < per; ++sh) {
-                __m256i lo[GN], hi[GN];
+                __m256i lo[GN], hi[GN], lo0[GN], hi0[GN];
                 for (int h = 0; h < GN; ++h) lo[h] = hi[h] = _mm256_setzero_si256();
-                for (int k = 0; k < 4; ++k) {
+                for (int k = 0; k < kBlock / 2; ++k) {
+                    if (k == kBlock / 4)
+                        for (int h = 0; h < GN; ++h) {
+                            lo0[h] = lo[h], hi0[h] = hi[h];
+                            lo[h] = hi[h] = _mm256_setzero_si256();
+                        }
                     const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r[2 * k] + cb * 32));
                     const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r[2 * k + 1] + cb * 32));
                     const __m256i u0 = _mm256_and_si256(_mm256_srli_epi16(x0, BITS * sh), mask);
                     const __m256i u1 = _mm256_and_si256(_mm256_srli_epi16(x1, BITS * sh), mask);
                     const __m256i il = _mm256_unpacklo_epi8(u0, u1), ih = _mm256_unpackhi_epi8(u0, u1);
                     for (int h = 0; h < GN; ++h) {
-                        const __m256i wv = _mm256_set1_epi32(int(wpair[(h * kMaxGroupsPerHead + g) * 4 + k]));
+                        const __m256i wv = _mm256_set1_epi32(int(wpair[(h * kMaxGroupsPerHead + g) * (kBlock / 2) + k]));
                         lo[h] = _mm256_add_epi16(lo[h], _mm256_maddubs_epi16(wv, il));
                         hi[h] = _mm256_add_epi16(hi[h], _mm256_maddubs_epi16(wv, ih));
                     }
@@ -216,11 +272,13 @@ struct Avx2QuantOps {
                 for (int h = 0; h < GN; ++h) {
                     const V f = set1(wscale[h * kMaxGroupsPerHead + g]);
                     float* oo = o + h * HD + (cb * per + sh) * 32;
-                    // lo holds dims 0-7 | 16-23 of the run, hi 8-15 | 24-31.
-                    const V d0 = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(lo[h])));
-                    const V d2 = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(lo[h], 1)));
-                    const V d1 = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(hi[h])));
-                    const V d3 = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(hi[h], 1)));
+                    // lo holds dims 0-7 | 16-23 of the run, hi 8-15 | 24-31 (s16, halves 0 / 1 in
+                    // lo0 / lo); interleaved per dim and weighted by the halves' ratios.
+                    const __m256i rv = _mm256_set1_epi32(int(wratio[h * kMaxGroupsPerHead + g]));
+                    const V d0 = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_unpacklo_epi16(lo0[h], lo[h]), rv));
+                    const V d1 = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_unpackhi_epi16(lo0[h], lo[h]), rv));
+                    const V d2 = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_unpacklo_epi16(hi0[h], hi[h]), rv));
+                    const V d3 = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_unpackhi_epi16(hi0[h], hi[h]), rv));
                     store(oo, fma(d0, f, load(oo)));
                     store(oo + 8, fma(d1, f, load(oo + 8)));
                     store(oo + 16, fma(d2, f, load(oo + 16)));
@@ -237,7 +295,7 @@ struct Avx2QuantOps {
         constexpr int per = 8 / BITS;
         for (int v = 0; v < HD / 8; v += 2) {
             const int g = ((v / per) * 8) / nb;
-            const float* wg = w + g * kMaxTile * 8;
+            const float* wg = w + g * kMaxTile * kBlock;
             V a0[GN], a1[GN];
             for (int h = 0; h < GN; ++h) {
                 const V al = set1(alpha[h]);
@@ -248,7 +306,7 @@ struct Avx2QuantOps {
                 V c0, c1;
                 codes2<BITS>(rows[t], v, c0, c1);
                 for (int h = 0; h < GN; ++h) {
-                    const V wb = _mm256_broadcast_ss(wg + h * 8 + t);
+                    const V wb = _mm256_broadcast_ss(wg + h * kBlock + t);
                     a0[h] = fma(wb, c0, a0[h]);
                     a1[h] = fma(wb, c1, a1[h]);
                 }

@@ -46,10 +46,18 @@ namespace attn4j::cpu::quant_impl {
 
 constexpr int kMaxHd = 256;
 constexpr int kMaxGroupsPerHead = kMaxHd / 32;  // G >= 32
-constexpr int kBlock = 8;                       // tokens per block of the fast kernel
+constexpr int kBlock = 16;                      // tokens per block of the fast kernel (2 vectors of 8)
 constexpr int kMaxTile = 4;                     // query heads per tile
 
 inline size_t align64(size_t x) { return (x + 63) / 64 * 64; }
+
+// Integer PV accumulator order inside a 32-dim run: position i (vector i / 8, lane i % 8) holds
+// the run's byte 4 * (v & 1) + 8 * (v >> 1) + lane (+ 12 for lanes 4..7), the order the s16
+// half-block sums come out of vpunpck{l,h}wd + vpmaddwd.
+inline int pv_byte(int i) {
+    const int v = i / 8, lane = i % 8;
+    return 4 * (v & 1) + 8 * (v >> 1) + lane + (lane >= 4 ? 12 : 0);
+}
 
 // Scratch layout (all offsets 64-byte aligned), shared by both kernels.
 struct Scratch {
@@ -66,12 +74,14 @@ struct Scratch {
     float* zacc;    // [group][kMaxGroupsPerHead][8] zero-part accumulators
     float* m;       // [group]
     double* l;      // [group]
-    float* sacc;    // [kMaxTile][kMaxGroupsPerHead][8][8] per-token partial dots
+    float* sacc;    // [kMaxTile][kMaxGroupsPerHead][kBlock][8] per-token partial dots
     float* p;       // [kMaxTile][8]
-    float* w;       // [kMaxGroupsPerHead][kMaxTile][8] p * scale of V
-    uint32_t* wpair;  // [kMaxTile][kMaxGroupsPerHead][4] u8 weights of token pairs (integer PV)
+    float* w;       // [kMaxGroupsPerHead][kMaxTile][kBlock] p * scale of V
+    uint32_t* wpair;  // [kMaxTile][kMaxGroupsPerHead][kBlock / 2] u8 weights of token pairs (integer PV)
     float* wscale;    // [kMaxTile][kMaxGroupsPerHead] weight unit of the block (integer PV)
-    float* ksc;     // [kMaxGroupsPerHead][8] staged K meta
+    uint32_t* wratio; // [kMaxTile][kMaxGroupsPerHead] s16 pair: weight units of the two halves of
+                      // the block in units of wscale / 32767
+    float* ksc;     // [kMaxGroupsPerHead][kBlock] staged K meta
     float* kzr;
     float* vsc;     // staged V meta
     float* vzr;
@@ -100,15 +110,16 @@ struct Scratch {
         zacc = reinterpret_cast<float*>(take(size_t(group) * kMaxGroupsPerHead * 8 * 4));
         m = reinterpret_cast<float*>(take(size_t(group) * 4));
         l = reinterpret_cast<double*>(take(size_t(group) * 8));
-        sacc = reinterpret_cast<float*>(take(size_t(kMaxTile) * kMaxGroupsPerHead * 64 * 4));
+        sacc = reinterpret_cast<float*>(take(size_t(kMaxTile) * kMaxGroupsPerHead * kBlock * 8 * 4));
         p = reinterpret_cast<float*>(take(size_t(kMaxTile) * 8 * 4));
-        w = reinterpret_cast<float*>(take(size_t(kMaxGroupsPerHead) * kMaxTile * 8 * 4));
-        wpair = reinterpret_cast<uint32_t*>(take(size_t(kMaxGroupsPerHead) * kMaxTile * 4 * 4));
+        w = reinterpret_cast<float*>(take(size_t(kMaxGroupsPerHead) * kMaxTile * kBlock * 4));
+        wpair = reinterpret_cast<uint32_t*>(take(size_t(kMaxGroupsPerHead) * kMaxTile * (kBlock / 2) * 4));
         wscale = reinterpret_cast<float*>(take(size_t(kMaxGroupsPerHead) * kMaxTile * 4));
-        ksc = reinterpret_cast<float*>(take(kMaxGroupsPerHead * 8 * 4));
-        kzr = reinterpret_cast<float*>(take(kMaxGroupsPerHead * 8 * 4));
-        vsc = reinterpret_cast<float*>(take(kMaxGroupsPerHead * 8 * 4));
-        vzr = reinterpret_cast<float*>(take(kMaxGroupsPerHead * 8 * 4));
+        wratio = reinterpret_cast<uint32_t*>(take(size_t(kMaxGroupsPerHead) * kMaxTile * 4));
+        ksc = reinterpret_cast<float*>(take(kMaxGroupsPerHead * kBlock * 4));
+        kzr = reinterpret_cast<float*>(take(kMaxGroupsPerHead * kBlock * 4));
+        vsc = reinterpret_cast<float*>(take(kMaxGroupsPerHead * kBlock * 4));
+        vzr = reinterpret_cast<float*>(take(kMaxGroupsPerHead * kBlock * 4));
         row = reinterpret_cast<float*>(take(size_t(hd) * 4));
         row2 = reinterpret_cast<float*>(take(size_t(hd) * 4));
         bytes = at;
@@ -276,11 +287,11 @@ struct FastKernel {
             if (t < n) {
                 const uint8_t* mp = base + moff[t];
                 for (int g = 0; g < ng; ++g) {
-                    sc[g * 8 + t] = meta_value(mp, f.meta_dtype, 2 * g);
-                    zr[g * 8 + t] = meta_value(mp, f.meta_dtype, 2 * g + 1);
+                    sc[g * kBlock + t] = meta_value(mp, f.meta_dtype, 2 * g);
+                    zr[g * kBlock + t] = meta_value(mp, f.meta_dtype, 2 * g + 1);
                 }
             } else {
-                for (int g = 0; g < ng; ++g) sc[g * 8 + t] = zr[g * 8 + t] = 0.f;
+                for (int g = 0; g < ng; ++g) sc[g * kBlock + t] = zr[g * kBlock + t] = 0.f;
             }
         }
     }
@@ -293,11 +304,22 @@ struct FastKernel {
         constexpr int hd = HD;
         const int ng = f.groups(), nb = f.group_code_bytes();
         // K phase: per token, per K group, GN vectors of 8 partial sums -> sacc[h][g][t][8].
+        if constexpr (BITS < 8) {
+            if (int_k) {
+                const int8_t* q = s.q8 + int64_t(g0) * 2 * hd;
+                switch (nb) {  // compile-time group size: fully unrolled token loop
+                    case 32: Ops::template kblock_i8<BITS, GN, HD, 32>(ch.k_base, coff, n, q, s.sacc); break;
+                    case 64: Ops::template kblock_i8<BITS, GN, HD, 64>(ch.k_base, coff, n, q, s.sacc); break;
+                    default: Ops::template kblock_i8<BITS, GN, HD, 128>(ch.k_base, coff, n, q, s.sacc); break;
+                }
+                goto scores;
+            }
+        }
         for (int t = 0; t < n; ++t) {
             const uint8_t* row = ch.k_base + coff[t];
             for (int g = 0; g < ng; ++g) {
                 float* out[GN];
-                for (int h = 0; h < GN; ++h) out[h] = s.sacc + ((h * ng + g) * 8 + t) * 8;
+                for (int h = 0; h < GN; ++h) out[h] = s.sacc + ((h * ng + g) * kBlock + t) * 8;
                 if (int_k) {
                     if constexpr (BITS == 8)
                         Ops::template kdot_i16<GN>(row + g * nb, nb, s.q16 + int64_t(g0) * hd + g * nb, hd, out);
@@ -308,32 +330,41 @@ struct FastKernel {
                 }
             }
         }
+    scores:
         // Scores and online softmax.
         for (int h = 0; h < GN; ++h) {
             const int gq = g0 + h;
-            V sc = Ops::zero();
+            // Tokens 0-7 in sc0, 8-15 in sc1.
+            V sc0 = Ops::zero(), sc1 = Ops::zero();
             for (int g = 0; g < ng; ++g) {
-                const V r = Ops::reduce_rows(s.sacc + (h * ng + g) * 64);
-                const V ks = Ops::mul(Ops::load(s.ksc + g * 8), Ops::set1(s.sq[gq * kMaxGroupsPerHead + g]));
-                sc = Ops::fma(r, ks, sc);
-                sc = Ops::fma(Ops::load(s.kzr + g * 8), Ops::set1(s.qsum[gq * kMaxGroupsPerHead + g]), sc);
-                sc = Ops::fma(Ops::load(s.ksc + g * 8), Ops::set1(s.qcorr[gq * kMaxGroupsPerHead + g]), sc);
+                const float* sa = s.sacc + (h * ng + g) * kBlock * 8;
+                const V r0 = Ops::reduce_rows(sa), r1 = Ops::reduce_rows(sa + 64);
+                const V sqv = Ops::set1(s.sq[gq * kMaxGroupsPerHead + g]);
+                const V qs = Ops::set1(s.qsum[gq * kMaxGroupsPerHead + g]);
+                const V qc = Ops::set1(s.qcorr[gq * kMaxGroupsPerHead + g]);
+                const V k0 = Ops::load(s.ksc + g * kBlock), k1 = Ops::load(s.ksc + g * kBlock + 8);
+                sc0 = Ops::fma(k0, Ops::fma(r0, sqv, qc), Ops::fma(Ops::load(s.kzr + g * kBlock), qs, sc0));
+                sc1 = Ops::fma(k1, Ops::fma(r1, sqv, qc), Ops::fma(Ops::load(s.kzr + g * kBlock + 8), qs, sc1));
             }
-            sc = Ops::mask_neg_inf(sc, n);
-            const float mx = Ops::hmax(sc);
+            sc0 = Ops::mask_neg_inf(sc0, n);
+            sc1 = Ops::mask_neg_inf(sc1, n - 8);
+            const float mx = Ops::hmax(Ops::max(sc0, sc1));
             const float m_old = s.m[gq];
             const float m_new = mx > m_old ? mx : m_old;
             const float alpha = m_new == m_old ? 1.f : Ops::exp2_scalar(m_old - m_new);
-            V p = Ops::exp2(Ops::sub(sc, Ops::set1(m_new)));
-            p = Ops::mask_zero(p, n);
-            s.l[gq] = s.l[gq] * double(alpha) + double(Ops::hsum(p));
+            const V mv = Ops::set1(m_new);
+            const V p0 = Ops::mask_zero(Ops::exp2(Ops::sub(sc0, mv)), n);
+            const V p1 = Ops::mask_zero(Ops::exp2(Ops::sub(sc1, mv)), n - 8);
+            s.l[gq] = s.l[gq] * double(alpha) + double(Ops::hsum(Ops::add(p0, p1)));
             s.m[gq] = m_new;
             // w[g][h][t] = p * scale of V; zero part accumulated per (head, group).
             const V al = Ops::set1(alpha);
             for (int g = 0; g < ng; ++g) {
-                Ops::store(s.w + (g * kMaxTile + h) * 8, Ops::mul(p, Ops::load(s.vsc + g * 8)));
+                Ops::store(s.w + (g * kMaxTile + h) * kBlock, Ops::mul(p0, Ops::load(s.vsc + g * kBlock)));
+                Ops::store(s.w + (g * kMaxTile + h) * kBlock + 8, Ops::mul(p1, Ops::load(s.vsc + g * kBlock + 8)));
                 float* z = s.zacc + (int64_t(gq) * kMaxGroupsPerHead + g) * 8;
-                Ops::store(z, Ops::fma(p, Ops::load(s.vzr + g * 8), Ops::mul(Ops::load(z), al)));
+                Ops::store(z, Ops::fma(p0, Ops::load(s.vzr + g * kBlock),
+                                       Ops::fma(p1, Ops::load(s.vzr + g * kBlock + 8), Ops::mul(Ops::load(z), al))));
             }
             s.p[h] = alpha;  // alpha of head h for the V phase
             if constexpr (BITS < 8) {
@@ -342,9 +373,10 @@ struct FastKernel {
                     // sum_t (w_t - wscale * wq_t) * c_t ~= mid_code * sum_t (w_t - wscale * wq_t)
                     // goes into the group's constant part.
                     for (int g = 0; g < ng; ++g) {
-                        const float err = Ops::quantize_weights(s.w + (g * kMaxTile + h) * 8,
-                                                                s.wpair + (h * kMaxGroupsPerHead + g) * 4,
-                                                                s.wscale + h * kMaxGroupsPerHead + g);
+                        const float err = Ops::quantize_weights(s.w + (g * kMaxTile + h) * kBlock,
+                                                                s.wpair + (h * kMaxGroupsPerHead + g) * (kBlock / 2),
+                                                                s.wscale + h * kMaxGroupsPerHead + g,
+                                                                s.wratio + h * kMaxGroupsPerHead + g);
                         s.zacc[(int64_t(gq) * kMaxGroupsPerHead + g) * 8] += 0.5f * float((1 << BITS) - 1) * err;
                     }
                 }
@@ -355,7 +387,7 @@ struct FastKernel {
         for (int t = 0; t < n; ++t) rows[t] = ch.v_base + coff[t];
         if constexpr (BITS < 8) {
             if (int_pv) {
-                Ops::template pv_int<BITS, GN, HD>(rows, n, nb, s.wpair, s.wscale, s.p, s.o + int64_t(g0) * hd);
+                Ops::template pv_int<BITS, GN, HD>(rows, n, nb, s.wpair, s.wscale, s.wratio, s.p, s.o + int64_t(g0) * hd);
                 return;
             }
         }
@@ -429,7 +461,7 @@ struct FastKernel {
         }
         for (int64_t i = 0; i < int64_t(group) * hd; ++i) s.o[i] = 0.f;
         for (int64_t i = 0; i < int64_t(group) * kMaxGroupsPerHead * 8; ++i) s.zacc[i] = 0.f;
-        for (int i = 0; i < kMaxTile * kMaxGroupsPerHead * 64; ++i) s.sacc[i] = 0.f;
+        for (int i = 0; i < kMaxTile * kMaxGroupsPerHead * kBlock * 8; ++i) s.sacc[i] = 0.f;
         for (int g = 0; g < group; ++g) {
             s.m[g] = -INFINITY;
             s.l[g] = 0.0;
@@ -461,8 +493,16 @@ struct FastKernel {
                 }
                 cur.left -= n;
                 prefetch_block(pf, ch, codes_region);
-                Ops::gather_meta(ch.k_base + moff[0], mbytes, n, f, s.ksc, s.kzr);
-                Ops::gather_meta(ch.v_base + moff[0], mbytes, n, f, s.vsc, s.vzr);
+                if (n == kBlock && mbytes == 8 && f.meta_dtype == ATTN4J_DTYPE_F32) {
+                    // one group, F32: {scale, zero} pairs of 16 consecutive tokens, de-interleaved
+                    Ops::load_meta_f32(ch.k_base + moff[0], s.ksc, s.kzr);
+                    Ops::load_meta_f32(ch.v_base + moff[0], s.vsc, s.vzr);
+                } else {
+                    Ops::gather_meta(ch.k_base + moff[0], mbytes, n, f, s.ksc, s.kzr);
+                    Ops::gather_meta(ch.v_base + moff[0], mbytes, n, f, s.vsc, s.vzr);
+                    Ops::gather_meta(ch.k_base + moff[0] + 8 * mbytes, mbytes, n - 8, f, s.ksc + 8, s.kzr + 8);
+                    Ops::gather_meta(ch.v_base + moff[0] + 8 * mbytes, mbytes, n - 8, f, s.vsc + 8, s.vzr + 8);
+                }
             } else {
                 n = next_block(cur, ch, codes_region, coff, moff);
                 prefetch_block(pf, ch, codes_region);
@@ -499,9 +539,12 @@ struct FastKernel {
             for (int g = 0; g < ng; ++g)
                 for (int bl = 0; bl < nb / run; ++bl)
                     for (int sh = 0; sh < per; ++sh)
-                        for (int i = 0; i < run; ++i)
-                            s.row[g * G + bl * run + i + sh * nb] =
+                        for (int i = 0; i < run; ++i) {
+                            // integer PV: position i of a run holds byte pv_byte(i) of it
+                            const int b = run == 32 ? pv_byte(i) : i;
+                            s.row[g * G + bl * run + b + sh * nb] =
                                 float((double(o[((g * nb / run + bl) * per + sh) * run + i]) + zsum[g]) * inv);
+                        }
             finish_head(ch, h, s.row);
             ch.lse2[h] = float(double(s.m[h]) + std::log2(s.l[h]));
         }

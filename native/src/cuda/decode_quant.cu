@@ -633,6 +633,423 @@ __global__ void __launch_bounds__(kThreads) qdecode_kernel(const QParams p) {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Page-major kernel: one CTA of 8 warps = (sequence, tile of up to 8 kv heads, chunk of pages).
+// A stage holds TT tokens of ALL the tile's kv heads: for each sub-block of q = min(page_size, TT)
+// tokens and each head, the q code rows then the q meta rows, copied verbatim from the page (so
+// one page of the tile is one contiguous region of kh blocks in global memory, read at once).
+// Warp w serves head w % khp (khp = kh rounded up to a power of two; warps of heads >= kh idle
+// in the math) and the 16-token slices w / khp + i * (8 / khp) of the stage, i < SPW; warps of
+// one head are merged through shared memory at the end. The per-slice math is the one above.
+constexpr int kPThreads = 256;
+constexpr int kPWarps = 8;
+constexpr int kPipeBudget = 110 * 1024;  // pipeline bytes per CTA (2 CTAs per SM)
+
+template <int D, int BITS, bool FAST>
+struct PCfg {
+    static constexpr int CB = D * BITS / 8;
+    static constexpr int P = 8 / BITS;
+    static constexpr int KR = CB / 4;
+    static constexpr int VR = CB / 8;
+    static constexpr int MBMAX = FAST ? 8 : D / 4;
+    static constexpr int SPW = (BITS == 8 || (!FAST && BITS == 4)) ? 1 : 2;  // slices per warp per stage
+    static constexpr int SLOTS = kPWarps * 16 * SPW;                     // TT * khp (token x head slots)
+    static constexpr int HALF = SLOTS * (CB + MBMAX);                    // K (or V) bytes of a stage
+    static constexpr int STAGE_BYTES = 2 * HALF;
+    static constexpr int STAGES_RAW = kPipeBudget / STAGE_BYTES;
+    static constexpr int STAGES = STAGES_RAW > 6 ? 6 : STAGES_RAW < 2 ? 2 : STAGES_RAW;
+    static constexpr int PIPE = STAGES * STAGE_BYTES;
+    static constexpr int EPI = (2 * kPWarps * kGT * D + 3 * kPWarps * kGT) * 4;
+    static constexpr int SMEM = PIPE > EPI ? PIPE : EPI;
+};
+
+// rows x[nrows][D] (row r belongs to kv head hb + r / kGT) times R (inverse: R^T); block-wide.
+template <int D>
+__device__ float* rotate_rows_h(float* x, float* tmp, int nrows, int kind, const float* R, int hb, bool inverse) {
+    if (kind == ATTN4J_ROTATION_HADAMARD) {
+        for (int len = 1; len < D; len <<= 1) {
+            for (int idx = threadIdx.x; idx < nrows * D / 2; idx += blockDim.x) {
+                const int h = idx / (D / 2), kk = idx % (D / 2);
+                const int i = (kk / len) * 2 * len + kk % len;
+                float* r = x + h * D;
+                const float a = r[i], b = r[i + len];
+                r[i] = a + b;
+                r[i + len] = a - b;
+            }
+            __syncthreads();
+        }
+        return x;
+    }
+    if (kind == ATTN4J_ROTATION_MATRIX) {
+        for (int idx = threadIdx.x; idx < nrows * D; idx += blockDim.x) {
+            const int h = idx / D, j = idx % D;
+            const float* r = x + h * D;
+            const float* Rh = R + int64_t(hb + h / kGT) * D * D;
+            float acc = 0.f;
+            if (inverse) {
+                for (int i = 0; i < D; ++i) acc = fmaf(r[i], __ldg(Rh + j * D + i), acc);
+            } else {
+                for (int i = 0; i < D; ++i) acc = fmaf(r[i], __ldg(Rh + i * D + j), acc);
+            }
+            tmp[idx] = acc;
+        }
+        __syncthreads();
+        return tmp;
+    }
+    return x;
+}
+
+template <int D, int BITS, bool FAST>
+__global__ void __launch_bounds__(kPThreads, 2) qdecode_pages_kernel(const QParams p) {
+    using C = PCfg<D, BITS, FAST>;
+    constexpr int CB = C::CB, P = C::P, KR = C::KR, VR = C::VR, STAGES = C::STAGES, SPW = C::SPW;
+    constexpr int NKS = D / 16;
+    extern __shared__ __align__(16) unsigned char smem[];
+
+    const int c = blockIdx.x;
+    const int hb = blockIdx.y * kPWarps;
+    const int b = blockIdx.z;
+    const int kh = min(kPWarps, p.num_kv_heads - hb);
+    const int khp = kh > 4 ? 8 : kh > 2 ? 4 : kh;  // 1, 2, 4, 8
+    const int wph = kPWarps / khp;                 // warps per head
+    const int TT = 16 * SPW * wph;                 // tokens per stage
+
+    const int page_beg = p.indptr[b];
+    const int np = p.indptr[b + 1] - page_beg;
+    int per, used;
+    chunk_geometry(np, p.num_chunks, p.min_chunk_pages, per, used);
+    if (c >= used) return;
+    const int pg0 = c * per;
+    const int pg1 = min(np, pg0 + per);
+    const int ps = p.page_size;
+    const int chunk_len = pg1 == np ? (pg1 - pg0 - 1) * ps + p.last_page_len[b] : (pg1 - pg0) * ps;
+    const int* pages = p.indices + page_beg + pg0;
+
+    const int tid = threadIdx.x;
+    const int warp = tid >> 5, lane = tid & 31, gid = lane >> 2, tig = lane & 3;
+    const int hl = warp % khp, wr = warp / khp;
+    const bool active = hl < kh;
+    const int kvh = hb + (active ? hl : 0);
+    const int n = p.n, G = p.G, MB = p.MB;
+    // sub-blocks: q tokens of one head (q a power of two)
+    const int q = min(ps, TT);
+    const int qs = p.page_shift < 0 ? 0 : min(p.page_shift, 31 - __clz(TT));
+    const int qcb = q * CB;
+    const int PB = q * (CB + MB);
+
+    uint32_t qa[NKS][2];
+    float qsum = 0.f;
+    float s_ref = 1.f, inv_sref = 1.f;
+    if constexpr (FAST) {
+        const uint8_t* m0 = p.v + int64_t(kvh) * p.head_stride + int64_t(pages[0]) * p.page_stride + p.meta_off;
+        const float sr = p.meta_f16 ? __half2float(*reinterpret_cast<const __half*>(m0)) : *reinterpret_cast<const float*>(m0);
+        if (sr > 0.f && sr < 3.0e38f) {
+            s_ref = sr;
+            inv_sref = 1.f / sr;
+        }
+    }
+    {
+        const int nrows = kh * kGT;
+        float* qsm = reinterpret_cast<float*>(smem);
+        float* qt = qsm + kPWarps * kGT * D;
+        for (int idx = tid; idx < nrows * D; idx += kPThreads) {
+            const int r = idx / D, d = idx % D;
+            const int h = r / kGT, gh = r % kGT;
+            qsm[idx] = gh < p.group
+                           ? load_elem(p.q, p.q_dtype, int64_t(b) * p.q_row + int64_t((hb + h) * p.group + gh) * p.q_head + d)
+                           : 0.f;
+        }
+        __syncthreads();
+        const float* qr = rotate_rows_h<D>(qsm, qt, nrows, p.k_rot, p.k_mat, hb, false);
+        const float sc = p.scale_log2 * (p.k_rot == ATTN4J_ROTATION_HADAMARD ? rsqrtf(float(D)) : 1.f);
+        const float* row = qr + (hl * kGT + gid) * D;
+#pragma unroll
+        for (int s = 0; s < NKS; ++s) {
+            const int i = s / P, k = s % P;
+            const int B = tig * KR + 4 * i;
+            if (active) {
+                qa[s][0] = pack_h2(row[dmap(B + 0, k, n, G)] * sc, row[dmap(B + 2, k, n, G)] * sc);
+                qa[s][1] = pack_h2(row[dmap(B + 1, k, n, G)] * sc, row[dmap(B + 3, k, n, G)] * sc);
+            } else {
+                qa[s][0] = qa[s][1] = 0u;
+            }
+        }
+        if constexpr (FAST) {
+            if (active)
+                for (int d = 0; d < D; ++d) qsum += __half2float(__float2half_rn(row[d] * sc));
+        }
+        __syncthreads();  // smem becomes the pipeline
+    }
+
+    const uint8_t* kb = p.k + int64_t(hb) * p.head_stride;
+    const uint8_t* vb = p.v + int64_t(hb) * p.head_stride;
+    const bool vec = p.vec16 && ((q * MB) & 15) == 0;
+    const int nsub = TT >> qs;
+
+    auto issue = [&](int it, int s) {
+        unsigned char* sk = smem + s * C::STAGE_BYTES;
+        unsigned char* sv = sk + C::HALF;
+        const int j0 = it * TT;
+        const int ush = vec ? 4 : 2;
+        const int upp = PB >> ush;  // units per piece
+        const int nu = nsub * kh * upp;
+        for (int u = tid; u < nu; u += kPThreads) {
+            const int piece = u / upp;
+            const int x = (u - piece * upp) << ush;
+            const int sb = piece / kh;
+            const int h = piece - sb * kh;
+            const int j = j0 + (sb << qs);
+            const bool valid = j < chunk_len;
+            int64_t off = 0;
+            if (valid) {
+                const int pi = j >> p.page_shift;
+                const int slot = j & (ps - 1);
+                off = int64_t(__ldg(pages + pi)) * p.page_stride + int64_t(h) * p.head_stride +
+                      (x < qcb ? slot * CB + x : p.meta_off + slot * MB + (x - qcb));
+            }
+            const int so = piece * PB + x;
+            if (vec) {
+                cp_async16(sk + so, kb + off, valid);
+                cp_async16(sv + so, vb + off, valid);
+            } else {
+                cp_async4(sk + so, kb + off, valid);
+                cp_async4(sv + so, vb + off, valid);
+            }
+        }
+    };
+
+    const int ntiles = (chunk_len + TT - 1) / TT;
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < ntiles) issue(s, s);
+        cp_async_commit();
+    }
+
+    float o[NKS][4];
+#pragma unroll
+    for (int mt = 0; mt < NKS; ++mt) o[mt][0] = o[mt][1] = o[mt][2] = o[mt][3] = 0.f;
+    float m = -INFINITY, l = 0.f, pz = 0.f;
+    const int gk = (tig * KR) / n;
+    const int gv = (gid * VR) / n;
+    const int qmask = q - 1;
+
+    for (int it = 0; it < ntiles; ++it) {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        {
+            const int nx = it + STAGES - 1;
+            if (nx < ntiles) issue(nx, nx % STAGES);
+            cp_async_commit();
+        }
+        if (!active || p.copy_only) continue;  // warp-uniform
+        const unsigned char* sk = smem + (it % STAGES) * C::STAGE_BYTES;
+        const unsigned char* svb = sk + C::HALF;
+#pragma unroll
+        for (int si = 0; si < SPW; ++si) {
+            const int t0 = (wr + si * wph) * 16;  // slice start within the stage
+            const int tok0 = it * TT + t0;
+            if (tok0 >= chunk_len) break;  // warp-uniform
+            // byte offset (within a K/V half) of token t's codes; meta at + qcb + slot * (MB - CB)
+            auto code_off = [&](int t) { return ((t >> qs) * kh + hl) * PB + (t & qmask) * CB; };
+            auto meta_off = [&](int t) { return ((t >> qs) * kh + hl) * PB + qcb + (t & qmask) * MB; };
+
+            float sacc[2][4];
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt) {
+                const int row = gid + 8 * nt;
+                uint32_t s2 = 0, z2 = 0;
+                if constexpr (!FAST) {
+                    float s, z;
+                    load_meta(sk + meta_off(t0 + row), gk, p.meta_f16, s, z);
+                    s2 = pack_h2(s, s);
+                    z2 = pack_h2(z, z);
+                }
+                uint32_t w[KR / 4];
+                load_words<KR>(sk + code_off(t0 + row) + tig * KR, w);
+                sacc[nt][0] = sacc[nt][1] = sacc[nt][2] = sacc[nt][3] = 0.f;
+#pragma unroll
+                for (int i = 0; i < KR / 4; ++i) {
+                    const uint32_t x0 = w[i], x1 = w[i] >> 8;
+#pragma unroll
+                    for (int k = 0; k < P; ++k) {
+                        uint32_t lo, hi;
+                        if (k == 0) { lo = dqx<BITS, 0, FAST>(x0, s2, z2); hi = dqx<BITS, 0, FAST>(x1, s2, z2); }
+                        else if (k == 1) { lo = dqx<BITS, (P > 1 ? 1 : 0), FAST>(x0, s2, z2); hi = dqx<BITS, (P > 1 ? 1 : 0), FAST>(x1, s2, z2); }
+                        else if (k == 2) { lo = dqx<BITS, (P > 2 ? 2 : 0), FAST>(x0, s2, z2); hi = dqx<BITS, (P > 2 ? 2 : 0), FAST>(x1, s2, z2); }
+                        else { lo = dqx<BITS, (P > 3 ? 3 : 0), FAST>(x0, s2, z2); hi = dqx<BITS, (P > 3 ? 3 : 0), FAST>(x1, s2, z2); }
+                        mma16816(sacc[nt], qa[i * P + k][0], 0u, qa[i * P + k][1], 0u, lo, hi);
+                    }
+                }
+            }
+            float sv[4] = {sacc[0][0], sacc[0][1], sacc[1][0], sacc[1][1]};
+            bool inval[4];
+#pragma unroll
+            for (int u = 0; u < 4; ++u) inval[u] = tok0 + (u >> 1) * 8 + 2 * tig + (u & 1) >= chunk_len;
+            float vs_t[4], vz_t[4];
+            if constexpr (FAST) {
+#pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                    const int r = t0 + (u >> 1) * 8 + 2 * tig + (u & 1);
+                    float s, z;
+                    load_meta(sk + meta_off(r), 0, p.meta_f16, s, z);
+                    sv[u] = fmaf(s, sv[u], z * qsum);
+                    load_meta(svb + meta_off(r), 0, p.meta_f16, vs_t[u], vz_t[u]);
+                    if (inval[u]) vs_t[u] = vz_t[u] = 0.f;
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < 4; ++u)
+                if (inval[u]) sv[u] = -INFINITY;
+            float mx = fmaxf(fmaxf(sv[0], sv[1]), fmaxf(sv[2], sv[3]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float mnew = fmaxf(m, mx);
+            if (__any_sync(0xffffffffu, mnew > m)) {
+                const float alpha = mnew == -INFINITY ? 1.f : ex2(m - mnew);
+                l *= alpha;
+                pz *= alpha;
+                const float a0 = __shfl_sync(0xffffffffu, alpha, (2 * tig) * 4);
+                const float a1 = __shfl_sync(0xffffffffu, alpha, (2 * tig + 1) * 4);
+#pragma unroll
+                for (int mt = 0; mt < NKS; ++mt) {
+                    o[mt][0] *= a0;
+                    o[mt][1] *= a1;
+                    o[mt][2] *= a0;
+                    o[mt][3] *= a1;
+                }
+                m = mnew;
+            }
+            const float ms = m == -INFINITY ? 0.f : m;
+            float pv[4];
+#pragma unroll
+            for (int u = 0; u < 4; ++u) {
+                pv[u] = ex2(sv[u] - ms);
+                l += pv[u];
+            }
+            uint32_t pb0, pb1;
+            if constexpr (FAST) {
+#pragma unroll
+                for (int u = 0; u < 4; ++u) pz = fmaf(pv[u], vz_t[u], pz);
+                pb0 = pack_h2(pv[0] * (vs_t[0] * inv_sref), pv[1] * (vs_t[1] * inv_sref));
+                pb1 = pack_h2(pv[2] * (vs_t[2] * inv_sref), pv[3] * (vs_t[3] * inv_sref));
+            } else {
+                pb0 = pack_h2(pv[0], pv[1]);
+                pb1 = pack_h2(pv[2], pv[3]);
+            }
+
+            uint32_t vh[2][D / 8];
+#pragma unroll
+            for (int qq = 0; qq < 2; ++qq) {
+                const int ra = t0 + 2 * tig + 8 * qq;
+                uint32_t s2 = 0, z2 = 0;
+                if constexpr (!FAST) {
+                    float sa, za, sbb, zb;
+                    load_meta(svb + meta_off(ra), gv, p.meta_f16, sa, za);
+                    load_meta(svb + meta_off(ra + 1), gv, p.meta_f16, sbb, zb);
+                    if (inval[2 * qq]) sa = za = 0.f;
+                    if (inval[2 * qq + 1]) sbb = zb = 0.f;
+                    s2 = pack_h2(sa, sbb);
+                    z2 = pack_h2(za, zb);
+                }
+                constexpr int NWV = VR >= 4 ? VR / 4 : 1;
+                uint32_t wa[NWV], wb[NWV];
+                load_words<VR>(svb + code_off(ra) + gid * VR, wa);
+                load_words<VR>(svb + code_off(ra + 1) + gid * VR, wb);
+#pragma unroll
+                for (int i = 0; i < NWV; ++i) {
+#pragma unroll
+                    for (int hp = 0; hp < (VR >= 4 ? 2 : 1); ++hp) {
+                        const uint32_t r = prmt(wa[i], wb[i], hp ? 0x7632u : 0x5410u);
+#pragma unroll
+                        for (int bb = 0; bb < 2; ++bb) {
+                            const uint32_t x = bb ? r >> 8 : r;
+                            const int e0 = (4 * i + 2 * hp + bb) * P;
+                            vh[qq][e0] = dqx<BITS, 0, FAST>(x, s2, z2);
+                            if constexpr (P > 1) vh[qq][e0 + 1] = dqx<BITS, (P > 1 ? 1 : 0), FAST>(x, s2, z2);
+                            if constexpr (P > 2) vh[qq][e0 + 2] = dqx<BITS, (P > 2 ? 2 : 0), FAST>(x, s2, z2);
+                            if constexpr (P > 3) vh[qq][e0 + 3] = dqx<BITS, (P > 3 ? 3 : 0), FAST>(x, s2, z2);
+                        }
+                    }
+                }
+            }
+#pragma unroll
+            for (int mt = 0; mt < NKS; ++mt)
+                mma16816(o[mt], vh[0][2 * mt], vh[0][2 * mt + 1], vh[1][2 * mt], vh[1][2 * mt + 1], pb0, pb1);
+        }
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+
+    // ---- per-warp partials to shared memory, then merge the warps of each head (rows of warp hl)
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    pz += __shfl_xor_sync(0xffffffffu, pz, 1);
+    pz += __shfl_xor_sync(0xffffffffu, pz, 2);
+    const float pz0 = __shfl_sync(0xffffffffu, pz, (2 * tig) * 4);
+    const float pz1 = __shfl_sync(0xffffffffu, pz, (2 * tig + 1) * 4);
+    float* red_o = reinterpret_cast<float*>(smem);  // [kPWarps][kGT][D]
+    float* tmp = red_o + kPWarps * kGT * D;         // [kPWarps * kGT][D]
+    float* red_m = tmp + kPWarps * kGT * D;          // [kPWarps][kGT]
+    float* red_l = red_m + kPWarps * kGT;
+    float* lse_s = red_l + kPWarps * kGT;
+    if (active) {
+#pragma unroll
+        for (int mt = 0; mt < NKS; ++mt) {
+#pragma unroll
+            for (int rr = 0; rr < 2; ++rr) {
+                const int e = 2 * mt + rr;
+                const int d = dmap(gid * VR + e / P, e % P, n, G);
+                if constexpr (FAST) {
+                    red_o[(warp * kGT + 2 * tig) * D + d] = fmaf(s_ref, o[mt][2 * rr], pz0);
+                    red_o[(warp * kGT + 2 * tig + 1) * D + d] = fmaf(s_ref, o[mt][2 * rr + 1], pz1);
+                } else {
+                    red_o[(warp * kGT + 2 * tig) * D + d] = o[mt][2 * rr];
+                    red_o[(warp * kGT + 2 * tig + 1) * D + d] = o[mt][2 * rr + 1];
+                }
+            }
+        }
+        if (tig == 0) {
+            red_m[warp * kGT + gid] = m;
+            red_l[warp * kGT + gid] = l;
+        }
+    }
+    __syncthreads();
+    const int nrows = kh * kGT;
+    for (int idx = tid; idx < nrows * D; idx += kPThreads) {
+        const int r = idx / D, d = idx % D;  // row r = head r / kGT (warp slot r / kGT, r % kGT)
+        const int h = r / kGT, g = r % kGT;
+        float M = -INFINITY;
+        for (int w = h; w < kPWarps; w += khp) M = fmaxf(M, red_m[w * kGT + g]);
+        const float Ms = M == -INFINITY ? 0.f : M;
+        float L = 0.f, acc = 0.f;
+        for (int w = h; w < kPWarps; w += khp) {
+            const float wt = ex2(red_m[w * kGT + g] - Ms);
+            L = fmaf(wt, red_l[w * kGT + g], L);
+            acc = fmaf(wt, red_o[(w * kGT + g) * D + d], acc);
+        }
+        red_o[idx] = L > 0.f ? acc / L : 0.f;  // row r of warp slot h == idx (same element, same thread)
+        if (d == 0) lse_s[r] = M + __log2f(L);
+    }
+    __syncthreads();
+    const float* res = rotate_rows_h<D>(red_o, tmp, nrows, p.v_rot, p.v_mat, hb, true);
+    const float vsc = p.v_rot == ATTN4J_ROTATION_HADAMARD ? rsqrtf(float(D)) : 1.f;
+    for (int idx = tid; idx < nrows * D; idx += kPThreads) {
+        const int r = idx / D, d = idx % D;
+        const int h = r / kGT, g = r % kGT;
+        if (g >= p.group) continue;
+        const int qo = (hb + h) * p.group + g;
+        const float val = res[idx] * vsc;
+        if (p.num_chunks == 1) {
+            store_elem(p.out, p.out_dtype, int64_t(b) * p.o_row + int64_t(qo) * p.o_head + d, val);
+            if (d == 0 && p.lse) p.lse[int64_t(b) * p.lse_row + int64_t(qo) * p.lse_head] = lse_s[r] * kLn2;
+        } else {
+            const int64_t row = (int64_t(b) * p.num_chunks + c) * p.num_qo_heads + qo;
+            p.ws_o[row * D + d] = val;
+            if (d == 0) p.ws_lse[row] = lse_s[r];
+        }
+    }
+}
+
 // One warp per (sequence, query head): LSE-weighted sum of the sequence's chunk partials (as in
 // decode.cu).
 __global__ void __launch_bounds__(128) qmerge_kernel(const QParams p) {
@@ -690,6 +1107,20 @@ KernelFn pick_bits(int bits, int& smem) {
     return qdecode_kernel<D, 2, FAST>;
 }
 
+template <int D, bool FAST>
+KernelFn pick_pages(int bits, int& smem) {
+    if (bits == 8) {
+        smem = PCfg<D, 8, FAST>::SMEM;
+        return qdecode_pages_kernel<D, 8, FAST>;
+    }
+    if (bits == 4) {
+        smem = PCfg<D, 4, FAST>::SMEM;
+        return qdecode_pages_kernel<D, 4, FAST>;
+    }
+    smem = PCfg<D, 2, FAST>::SMEM;
+    return qdecode_pages_kernel<D, 2, FAST>;
+}
+
 [[noreturn]] void cuda_fail(cudaError_t e, const char* what) {
     (void)cudaGetLastError();
     fail(e == cudaErrorMemoryAllocation ? ATTN4J_ERR_OUT_OF_MEMORY : ATTN4J_ERR_DEVICE,
@@ -707,12 +1138,19 @@ public:
         head_tiles_ = (group + kGT - 1) / kGT;
         kernel_ = desc.head_dim == 128 ? pick_bits<128, false>(bits_, smem_) : pick_bits<64, false>(bits_, smem_);
         fast_ = desc.head_dim == 128 ? pick_bits<128, true>(bits_, fast_smem_) : pick_bits<64, true>(bits_, fast_smem_);
-        // ATTN4J_CUDA_QDECODE=generic: always the generic kernel; =copy_only: stream pages only
-        // (bandwidth diagnostics, wrong output). For benchmarks and tests.
+        pkernel_ = desc.head_dim == 128 ? pick_pages<128, false>(bits_, psmem_) : pick_pages<64, false>(bits_, psmem_);
+        pfast_ = desc.head_dim == 128 ? pick_pages<128, true>(bits_, pfast_smem_) : pick_pages<64, true>(bits_, pfast_smem_);
+        // ATTN4J_CUDA_QDECODE (comma-separated words, for benchmarks and tests): generic: always
+        // the generic kernel (any group size); copy_only: stream pages only (bandwidth
+        // diagnostics, wrong output); old: the previous per-kv-head layout only.
         if (const char* env = std::getenv("ATTN4J_CUDA_QDECODE")) {
-            generic_only_ = std::strcmp(env, "generic") == 0;
-            copy_only_ = std::strcmp(env, "copy_only") == 0;
+            generic_only_ = std::strstr(env, "generic") != nullptr;
+            copy_only_ = std::strstr(env, "copy_only") != nullptr;
+            old_only_ = std::strstr(env, "old") != nullptr;
         }
+        // page-major kernel: up to 8 query heads per kv head (one warp per kv head) and a
+        // power-of-two page size (checked per run); else the per-kv-head kernel.
+        pages_ok_ = !old_only_ && group <= kGT;
         if (desc.max_batch_size > 65535) fail(ATTN4J_ERR_UNSUPPORTED, "CUDA decode: max_batch_size > 65535");
         int prev = 0;
         cudaError_t e = cudaGetDevice(&prev);
@@ -727,7 +1165,9 @@ public:
         if ((e = cudaGetDeviceProperties(&prop, device)) != cudaSuccess) cuda_fail(e, "properties");
         sms_ = prop.multiProcessorCount;
         if ((e = cudaFuncSetAttribute(kernel_, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_)) != cudaSuccess ||
-            (e = cudaFuncSetAttribute(fast_, cudaFuncAttributeMaxDynamicSharedMemorySize, fast_smem_)) != cudaSuccess)
+            (e = cudaFuncSetAttribute(fast_, cudaFuncAttributeMaxDynamicSharedMemorySize, fast_smem_)) != cudaSuccess ||
+            (e = cudaFuncSetAttribute(pkernel_, cudaFuncAttributeMaxDynamicSharedMemorySize, psmem_)) != cudaSuccess ||
+            (e = cudaFuncSetAttribute(pfast_, cudaFuncAttributeMaxDynamicSharedMemorySize, pfast_smem_)) != cudaSuccess)
             cuda_fail(e, "cudaFuncSetAttribute");
         occ_ = tuning.ctas_per_sm;
         if (occ_ <= 0) {  // split planning follows the kernel of the common case (one group per token)
@@ -736,10 +1176,20 @@ public:
             if (e != cudaSuccess) cuda_fail(e, "occupancy");
             occ_ = std::max(occ_, 1);
         }
+        pocc_ = tuning.ctas_per_sm;
+        if (pocc_ <= 0) {
+            e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&pocc_, generic_only_ ? pkernel_ : pfast_, kPThreads,
+                                                              size_t(generic_only_ ? psmem_ : pfast_smem_));
+            if (e != cudaSuccess) cuda_fail(e, "occupancy");
+            pocc_ = std::max(pocc_, 1);
+        }
         int64_t rows = 0;
         for (int b = 1; b <= desc.max_batch_size; ++b) {
-            const int nc = num_chunks(b);
-            if (nc > 1) rows = std::max<int64_t>(rows, int64_t(b) * nc);
+            for (const bool pg : {false, true}) {
+                if (pg && !pages_ok_) continue;
+                const int nc = chunks_for(b, pg);
+                if (nc > 1) rows = std::max<int64_t>(rows, int64_t(b) * nc);
+            }
         }
         rows *= desc.num_qo_heads;
         ws_bytes_ = size_t(rows) * (size_t(desc.head_dim) + 1) * sizeof(float);
@@ -759,10 +1209,14 @@ public:
         }
     }
 
-    int num_chunks(int batch) const override {
+    // Split count of the kernel runs take for a power-of-two page size (the page-major one when
+    // pages_ok_).
+    int num_chunks(int batch) const override { return chunks_for(batch, pages_ok_); }
+    int chunks_for(int batch, bool pages) const {
         if (tuning_.force_chunks > 0) return tuning_.force_chunks;
-        const int64_t units = int64_t(batch) * desc_.num_kv_heads * head_tiles_;
-        const int64_t target = int64_t(sms_) * occ_;
+        const int64_t units = pages ? int64_t(batch) * ((desc_.num_kv_heads + kPWarps - 1) / kPWarps)
+                                    : int64_t(batch) * desc_.num_kv_heads * head_tiles_;
+        const int64_t target = int64_t(sms_) * (pages ? pocc_ : occ_);
         const int64_t nc = (target + units / 2) / units;
         return int(std::clamp<int64_t>(nc, 1, 65535));
     }
@@ -811,7 +1265,9 @@ public:
         p.num_head_tiles = head_tiles_;
         p.page_size = a.kv.page_size;
         p.page_shift = (a.kv.page_size & (a.kv.page_size - 1)) == 0 ? __builtin_ctz(unsigned(a.kv.page_size)) : -1;
-        p.num_chunks = num_chunks(batch);
+        const bool pow2 = (a.kv.page_size & (a.kv.page_size - 1)) == 0;
+        const bool use_pages = pages_ok_ && pow2;
+        p.num_chunks = chunks_for(batch, use_pages);
         p.min_chunk_pages = tuning_.force_chunks > 0
                                 ? 1
                                 : std::max(1, (tuning_.min_chunk_tokens + a.kv.page_size - 1) / a.kv.page_size);
@@ -835,9 +1291,16 @@ public:
         p.copy_only = copy_only_;
         const bool fast = f.group_size == D && !generic_only_;
 
-        const dim3 grid(unsigned(p.num_chunks), unsigned(desc_.num_kv_heads * head_tiles_), unsigned(batch));
-        if (fast) fast_<<<grid, kThreads, size_t(fast_smem_), stream>>>(p);
-        else kernel_<<<grid, kThreads, size_t(smem_), stream>>>(p);
+        if (use_pages) {
+            const dim3 grid(unsigned(p.num_chunks), unsigned((desc_.num_kv_heads + kPWarps - 1) / kPWarps),
+                            unsigned(batch));
+            if (fast) pfast_<<<grid, kPThreads, size_t(pfast_smem_), stream>>>(p);
+            else pkernel_<<<grid, kPThreads, size_t(psmem_), stream>>>(p);
+        } else {
+            const dim3 grid(unsigned(p.num_chunks), unsigned(desc_.num_kv_heads * head_tiles_), unsigned(batch));
+            if (fast) fast_<<<grid, kThreads, size_t(fast_smem_), stream>>>(p);
+            else kernel_<<<grid, kThreads, size_t(smem_), stream>>>(p);
+        }
         if (p.num_chunks > 1) {
             const unsigned warps = unsigned(batch * desc_.num_qo_heads);
             qmerge_kernel<<<(warps + 3) / 4, 128, 0, stream>>>(p);
@@ -850,8 +1313,11 @@ private:
     int device_;
     DecodeTuning tuning_;
     int bits_ = 0, head_tiles_ = 1, smem_ = 0, fast_smem_ = 0, sms_ = 1, occ_ = 1;
-    bool generic_only_ = false;
+    bool generic_only_ = false, old_only_ = false, pages_ok_ = false;
     int copy_only_ = 0;
+    int psmem_ = 0, pfast_smem_ = 0, pocc_ = 1;
+    KernelFn pkernel_ = nullptr;  // page-major, any group size
+    KernelFn pfast_ = nullptr;    // page-major, one group per token
     KernelFn kernel_ = nullptr;  // any group size
     KernelFn fast_ = nullptr;    // one group per token
     void* ws_ = nullptr;

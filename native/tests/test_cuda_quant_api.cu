@@ -1,0 +1,174 @@
+// Quantized decode through the C ABI on a CUDA context: an INT8 / INT4 / INT2 cache (Hadamard,
+// quantized on the host by the CPU append) decoded by a CUDA plan must match the CPU plan on the
+// same bytes; format mismatches and multi-segment runs are rejected with the argument named.
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "a4j_test.h"
+#include "attn4j.h"
+#include "cuda_test.h"
+
+namespace {
+
+attn4j_tensor on_device(attn4j_tensor t, void* data) {
+    t.data = data;
+    t.device_type = ATTN4J_DEVICE_CUDA;
+    t.device_id = 0;
+    return t;
+}
+
+attn4j_context* context(attn4j_device_type type) {
+    attn4j_context_options o{};
+    o.struct_size = sizeof o;
+    o.device_type = type;
+    o.num_threads = 2;
+    attn4j_context* c = nullptr;
+    CHECK_MSG(attn4j_context_create(&o, &c) == ATTN4J_OK, attn4j_last_error());
+    return c;
+}
+
+void run_case(attn4j_context* cpu, attn4j_context* gpu, attn4j_dtype dtype, int group, uint32_t seed) {
+    const int KVH = 8, H = 32, D = 128, PS = 16;
+    const std::vector<int32_t> lens{3000, 17, 1200};
+    const int batch = int(lens.size());
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> nd;
+    int pages = 0;
+    for (int32_t l : lens) pages += (l + PS - 1) / PS;
+    const int64_t tb = attn4j_kv_token_bytes(dtype, D, group, ATTN4J_DTYPE_F32);
+    const size_t bytes = size_t(pages) * KVH * PS * size_t(tb);
+    std::vector<uint8_t> kc(bytes, 0), vc(bytes, 0);
+    attn4j_paged_kv cache{};
+    cache.struct_size = sizeof cache;
+    cache.dtype = dtype;
+    cache.num_kv_heads = KVH;
+    cache.head_dim = D;
+    cache.page_size = PS;
+    cache.num_pages = pages;
+    cache.device_type = ATTN4J_DEVICE_CPU;
+    cache.k_data = kc.data();
+    cache.v_data = vc.data();
+    cache.k_size_bytes = cache.v_size_bytes = int64_t(bytes);
+    cache.quant.group_size = group;
+    cache.quant.meta_dtype = ATTN4J_DTYPE_F32;
+    cache.quant.k_rotation = cache.quant.v_rotation = ATTN4J_ROTATION_HADAMARD;
+    // Page table: shuffled pages.
+    std::vector<int32_t> perm(size_t(pages));
+    for (int i = 0; i < pages; ++i) perm[size_t(i)] = i;
+    std::shuffle(perm.begin(), perm.end(), rng);
+    std::vector<int32_t> indptr{0}, last, ap{0};
+    for (int32_t l : lens) {
+        indptr.push_back(indptr.back() + (l + PS - 1) / PS);
+        last.push_back(l - ((l + PS - 1) / PS - 1) * PS);
+        ap.push_back(ap.back() + l);
+    }
+    attn4j_page_table table{};
+    table.struct_size = sizeof table;
+    table.indptr = a4j_test::tensor(indptr.data(), ATTN4J_DTYPE_I32, {batch + 1});
+    table.indices = a4j_test::tensor(perm.data(), ATTN4J_DTYPE_I32, {pages});
+    table.last_page_len = a4j_test::tensor(last.data(), ATTN4J_DTYPE_I32, {batch});
+    const int64_t nnz = ap.back();
+    std::vector<float> k(size_t(nnz) * KVH * D), v(k.size());
+    for (size_t i = 0; i < k.size(); ++i) {
+        const bool outlier = i % D == 5;
+        k[i] = outlier ? 8.f + 4.f * nd(rng) : nd(rng);
+        v[i] = nd(rng);
+    }
+    attn4j_tensor kt = a4j_test::tensor(k.data(), ATTN4J_DTYPE_F32, {nnz, KVH, D});
+    attn4j_tensor vt = a4j_test::tensor(v.data(), ATTN4J_DTYPE_F32, {nnz, KVH, D});
+    attn4j_tensor apt = a4j_test::tensor(ap.data(), ATTN4J_DTYPE_I32, {batch + 1});
+    CHECK_MSG(attn4j_paged_kv_append(cpu, &cache, &table, &apt, &kt, &vt) == ATTN4J_OK, attn4j_last_error());
+
+    attn4j_attention_desc desc{};
+    desc.struct_size = sizeof desc;
+    desc.num_qo_heads = H;
+    desc.num_kv_heads = KVH;
+    desc.head_dim = D;
+    desc.q_dtype = desc.out_dtype = ATTN4J_DTYPE_F32;
+    desc.kv_dtype = dtype;
+    desc.sm_scale = 1.f / std::sqrt(float(D));
+    desc.page_size = PS;
+    desc.max_batch_size = batch;
+    std::vector<float> q(size_t(batch) * H * D), out_cpu(q.size(), NAN), out_gpu(q.size(), NAN);
+    for (float& x : q) x = nd(rng);
+    // CPU reference run.
+    attn4j_plan* cp = nullptr;
+    CHECK_MSG(attn4j_decode_plan_create(cpu, &desc, &cp) == ATTN4J_OK, attn4j_last_error());
+    attn4j_tensor qt = a4j_test::tensor(q.data(), ATTN4J_DTYPE_F32, {batch, H, D});
+    attn4j_tensor oc = a4j_test::tensor(out_cpu.data(), ATTN4J_DTYPE_F32, {batch, H, D});
+    CHECK_MSG(attn4j_decode_run(cp, &qt, &cache, &table, &oc, nullptr) == ATTN4J_OK, attn4j_last_error());
+    attn4j_plan_destroy(cp);
+    // The same bytes on the GPU.
+    uint8_t* dk = a4j_test::to_device(kc);
+    uint8_t* dv = a4j_test::to_device(vc);
+    int32_t* dip = a4j_test::to_device(indptr);
+    int32_t* dix = a4j_test::to_device(perm);
+    int32_t* dl = a4j_test::to_device(last);
+    float* dq = a4j_test::to_device(q);
+    float* dout = a4j_test::to_device(out_gpu);
+    attn4j_paged_kv gcache = cache;
+    gcache.device_type = ATTN4J_DEVICE_CUDA;
+    gcache.k_data = dk;
+    gcache.v_data = dv;
+    attn4j_page_table gtable = table;
+    gtable.indptr = on_device(table.indptr, dip);
+    gtable.indices = on_device(table.indices, dix);
+    gtable.last_page_len = on_device(table.last_page_len, dl);
+    attn4j_tensor gq = on_device(qt, dq);
+    attn4j_tensor go = on_device(oc, dout);
+    attn4j_plan* gp = nullptr;
+    CHECK_MSG(attn4j_decode_plan_create(gpu, &desc, &gp) == ATTN4J_OK, attn4j_last_error());
+    const std::string name = std::string("INT") + std::to_string(dtype == ATTN4J_DTYPE_INT8 ? 8 : dtype == ATTN4J_DTYPE_INT4 ? 4 : 2) +
+                             " G" + std::to_string(group) + " seed " + std::to_string(seed);
+    if (gp) {
+        CHECK_MSG(attn4j_decode_run(gp, &gq, &gcache, &gtable, &go, nullptr) == ATTN4J_OK,
+                  name + ": " + attn4j_last_error());
+        CK(cudaMemcpy(out_gpu.data(), dout, out_gpu.size() * 4, cudaMemcpyDeviceToHost));
+        double num = 0, den = 0;
+        for (size_t i = 0; i < q.size(); ++i) {
+            num += double(out_gpu[i] - out_cpu[i]) * (out_gpu[i] - out_cpu[i]);
+            den += double(out_cpu[i]) * out_cpu[i];
+        }
+        const double rel = std::isfinite(num) ? std::sqrt(num / den) : 1e9;
+        std::printf("%s: CUDA vs CPU rel %.2e\n", name.c_str(), rel);
+        // Both kernels approximate the same dequantized attention within ~3e-3 each.
+        CHECK_MSG(rel <= 1e-2, name + ": CUDA vs CPU rel " + std::to_string(rel));
+        // Two segments are CPU-only in this release.
+        attn4j_paged_kv cs[2] = {gcache, gcache};
+        attn4j_page_table ts[2] = {gtable, gtable};
+        CHECK(attn4j_decode_run_segments(gp, &gq, 2, cs, ts, &go, nullptr) == ATTN4J_ERR_UNSUPPORTED);
+        CHECK(std::string(attn4j_last_error()).find("num_segments") != std::string::npos);
+        // A cache of another format.
+        attn4j_paged_kv other = gcache;
+        other.dtype = dtype == ATTN4J_DTYPE_INT2 ? ATTN4J_DTYPE_INT4 : ATTN4J_DTYPE_INT2;
+        CHECK(attn4j_decode_run(gp, &gq, &other, &gtable, &go, nullptr) == ATTN4J_ERR_INVALID_ARGUMENT);
+        CHECK(std::string(attn4j_last_error()).find("does not match plan kv_dtype") != std::string::npos);
+        attn4j_plan_destroy(gp);
+    }
+    for (void* p : {(void*)dk, (void*)dv, (void*)dip, (void*)dix, (void*)dl, (void*)dq, (void*)dout}) CK(cudaFree(p));
+}
+
+}  // namespace
+
+int main() {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+        (void)cudaGetLastError();
+        std::printf("SKIP: no CUDA device (test_cuda_quant_api)\n");
+        return 0;
+    }
+    attn4j_context* cpu = context(ATTN4J_DEVICE_CPU);
+    attn4j_context* gpu = context(ATTN4J_DEVICE_CUDA);
+    uint32_t seed = 11;
+    for (attn4j_dtype dt : {ATTN4J_DTYPE_INT8, ATTN4J_DTYPE_INT4, ATTN4J_DTYPE_INT2})
+        for (int g : {32, 128}) run_case(cpu, gpu, dt, g, seed++);
+    attn4j_context_destroy(gpu);
+    attn4j_context_destroy(cpu);
+    return a4j_test::finish("test_cuda_quant_api");
+}
