@@ -59,7 +59,7 @@ void run_case(attn4j_context* cpu, attn4j_context* gpu, attn4j_dtype dtype, int 
     cache.quant.meta_dtype = ATTN4J_DTYPE_F32;
     cache.quant.k_rotation = cache.quant.v_rotation = ATTN4J_ROTATION_HADAMARD;
     // Page table: shuffled pages.
-    std::vector<int32_t> perm(size_t(pages));
+    std::vector<int32_t> perm(static_cast<size_t>(pages));
     for (int i = 0; i < pages; ++i) perm[size_t(i)] = i;
     std::shuffle(perm.begin(), perm.end(), rng);
     std::vector<int32_t> indptr{0}, last, ap{0};

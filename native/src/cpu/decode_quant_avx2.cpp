@@ -69,6 +69,12 @@ struct Avx2QuantOps {
         return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
     }
     static inline float exp2_scalar(float x) { return std::exp2(x); }
+    // 1 / x by vrcpss + one Newton step (~23 bits; no divider).
+    static inline float rcp(float x) {
+        const __m128 v = _mm_set_ss(x);
+        const __m128 r = _mm_rcp_ss(v);
+        return _mm_cvtss_f32(_mm_mul_ss(r, _mm_fnmadd_ss(v, r, _mm_set_ss(2.f))));
+    }
 
     // Meta of 8 tokens whose rows are `mb` bytes apart from m0 (tokens >= n give 0):
     // sc[g * kBlock + t], zr[g * kBlock + t].
@@ -110,25 +116,51 @@ struct Avx2QuantOps {
         constexpr int per = 8 / BITS, G = NB * 8 / BITS, ng = HD / G;
         const __m256i mask = _mm256_set1_epi8(char((1 << BITS) - 1));
         const __m256i w127 = _mm256_set1_epi16(127), ones = _mm256_set1_epi16(1);
+        // Heads in passes of (up to) 2: 4 s16 accumulators live, no spills; the codes are
+        // re-shifted per pass (cheap).
+        constexpr int HP = GN < 2 ? GN : 2;
         for (int t = 0; t < n; ++t) {
             const uint8_t* row = base + coff[t];
             for (int g = 0; g < ng; ++g) {
-                __m256i acc[GN], res[GN];
-                for (int h = 0; h < GN; ++h) acc[h] = res[h] = _mm256_setzero_si256();
-                for (int cb = 0; cb < NB / 32; ++cb) {
-                    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + g * NB + cb * 32));
-                    for (int sh = 0; sh < per; ++sh) {
-                        const __m256i u = _mm256_and_si256(sh ? _mm256_srli_epi16(x, BITS * sh) : x, mask);
-                        for (int h = 0; h < GN; ++h) {
-                            const int8_t* qh = q + 2 * h * HD + g * G + (cb * per + sh) * 32;
-                            acc[h] = _mm256_add_epi16(acc[h], _mm256_maddubs_epi16(u, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qh))));
-                            res[h] = _mm256_add_epi16(res[h], _mm256_maddubs_epi16(u, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qh + HD))));
+                for (int h0 = 0; h0 < GN; h0 += HP) {
+                    __m256i acc[HP], res[HP];
+                    for (int h = 0; h < HP; ++h) acc[h] = res[h] = _mm256_setzero_si256();
+                    for (int cb = 0; cb < NB / 32; ++cb) {
+                        const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + g * NB + cb * 32));
+                        for (int sh = 0; sh < per; ++sh) {
+                            const __m256i u = _mm256_and_si256(sh ? _mm256_srli_epi16(x, BITS * sh) : x, mask);
+                            for (int h = 0; h < HP; ++h) {
+                                const int8_t* qh = q + 2 * (h0 + h) * HD + g * G + (cb * per + sh) * 32;
+                                acc[h] = _mm256_add_epi16(acc[h], _mm256_maddubs_epi16(u, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qh))));
+                                res[h] = _mm256_add_epi16(res[h], _mm256_maddubs_epi16(u, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qh + HD))));
+                            }
                         }
                     }
+                    for (int h = 0; h < HP; ++h)
+                        _mm256_storeu_ps(sacc + (((h0 + h) * ng + g) * kBlock + t) * 8,
+                                         _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_madd_epi16(acc[h], w127), _mm256_madd_epi16(res[h], ones))));
                 }
-                for (int h = 0; h < GN; ++h)
-                    _mm256_storeu_ps(sacc + ((h * ng + g) * kBlock + t) * 8,
-                                     _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_madd_epi16(acc[h], w127), _mm256_madd_epi16(res[h], ones))));
+            }
+        }
+    }
+
+    // K phase of a block, INT8 with NB code bytes per group (compile time, multiple of 16): as
+    // kdot_i16, fully unrolled; q = s16 q of the tile's first head ([GN][HD]).
+    template <int GN, int HD, int NB>
+    static inline void kblock_i16(const uint8_t* base, const int64_t* coff, int n, const int16_t* q, float* sacc) {
+        constexpr int ng = HD / NB;
+        for (int t = 0; t < n; ++t) {
+            const uint8_t* row = base + coff[t];
+            for (int g = 0; g < ng; ++g) {
+                __m256i acc[GN];
+                for (int h = 0; h < GN; ++h) acc[h] = _mm256_setzero_si256();
+                for (int u = 0; u < NB; u += 16) {
+                    const __m256i c = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + g * NB + u)));
+                    for (int h = 0; h < GN; ++h)
+                        acc[h] = _mm256_add_epi32(acc[h], _mm256_madd_epi16(c, _mm256_loadu_si256(
+                                                                              reinterpret_cast<const __m256i*>(q + h * HD + g * NB + u))));
+                }
+                for (int h = 0; h < GN; ++h) _mm256_storeu_ps(sacc + ((h * ng + g) * kBlock + t) * 8, _mm256_cvtepi32_ps(acc[h]));
             }
         }
     }
@@ -214,12 +246,15 @@ struct Avx2QuantOps {
         const V x0 = load(w), x1 = load(w + 8);
         const float m0 = hmax(x0), m1 = hmax(x1);
         const float mx = m0 > m1 ? m0 : m1;
-        const int r0 = mx > 0.f ? int(32767.f * m0 / mx + 0.5f) : 0, r1 = mx > 0.f ? int(32767.f * m1 / mx + 0.5f) : 0;
+        const float inv_mx = mx > 0.f ? rcp(mx) : 0.f;
+        const int r0 = int(32767.f * m0 * inv_mx + 0.5f), r1 = int(32767.f * m1 * inv_mx + 0.5f);
         *ratio = uint32_t(r0) | uint32_t(r1) << 16;
-        *scale = mx / (255.f * 32767.f);
+        *scale = mx * (1.f / (255.f * 32767.f));
         const float u0 = float(r0) * *scale, u1 = float(r1) * *scale;  // effective units
-        const __m256i q0 = _mm256_cvtps_epi32(mul(x0, set1(u0 > 0.f ? 1.f / u0 : 0.f)));  // nearest even
-        const __m256i q1 = _mm256_cvtps_epi32(mul(x1, set1(u1 > 0.f ? 1.f / u1 : 0.f)));
+        // 1 / u_i = 255 * 32767 / (r_i * mx) (0 for an empty half)
+        const float k = 255.f * 32767.f * inv_mx;
+        const __m256i q0 = _mm256_cvtps_epi32(mul(x0, set1(r0 > 0 ? k * rcp(float(r0)) : 0.f)));  // nearest even
+        const __m256i q1 = _mm256_cvtps_epi32(mul(x1, set1(r1 > 0 ? k * rcp(float(r1)) : 0.f)));
         const __m256i q0c = _mm256_min_epi32(q0, _mm256_set1_epi32(255)), q1c = _mm256_min_epi32(q1, _mm256_set1_epi32(255));
         const V err = add(_mm256_fnmadd_ps(_mm256_cvtepi32_ps(q0c), set1(u0), x0),
                           _mm256_fnmadd_ps(_mm256_cvtepi32_ps(q1c), set1(u1), x1));
@@ -249,9 +284,11 @@ struct Avx2QuantOps {
         for (int t = 0; t < kBlock; ++t) r[t] = rows[t < n ? t : n - 1];  // weights of t >= n are 0
         for (int cb = 0; cb < kRuns; ++cb) {
             const int g = cb * 32 / nb;
+#pragma GCC unroll 4
             for (int sh = 0; sh < per; ++sh) {
                 __m256i lo[GN], hi[GN], lo0[GN], hi0[GN];
                 for (int h = 0; h < GN; ++h) lo[h] = hi[h] = _mm256_setzero_si256();
+#pragma GCC unroll 8
                 for (int k = 0; k < kBlock / 2; ++k) {
                     if (k == kBlock / 4)
                         for (int h = 0; h < GN; ++h) {

@@ -304,6 +304,18 @@ struct FastKernel {
         constexpr int hd = HD;
         const int ng = f.groups(), nb = f.group_code_bytes();
         // K phase: per token, per K group, GN vectors of 8 partial sums -> sacc[h][g][t][8].
+        if constexpr (BITS == 8) {
+            if (int_k) {
+                const int16_t* q = s.q16 + int64_t(g0) * hd;
+                switch (nb) {  // G = nb for INT8
+                    case 32: Ops::template kblock_i16<GN, HD, 32>(ch.k_base, coff, n, q, s.sacc); break;
+                    case 64: Ops::template kblock_i16<GN, HD, 64>(ch.k_base, coff, n, q, s.sacc); break;
+                    case 128: Ops::template kblock_i16<GN, HD, 128>(ch.k_base, coff, n, q, s.sacc); break;
+                    default: Ops::template kblock_i16<GN, HD, HD>(ch.k_base, coff, n, q, s.sacc); break;
+                }
+                goto scores;
+            }
+        }
         if constexpr (BITS < 8) {
             if (int_k) {
                 const int8_t* q = s.q8 + int64_t(g0) * 2 * hd;

@@ -643,7 +643,8 @@ __global__ void __launch_bounds__(kThreads) qdecode_kernel(const QParams p) {
 // one head are merged through shared memory at the end. The per-slice math is the one above.
 constexpr int kPThreads = 256;
 constexpr int kPWarps = 8;
-constexpr int kPipeBudget = 110 * 1024;  // pipeline bytes per CTA (2 CTAs per SM)
+constexpr int kPipeBudget = 108 * 1024;  // pipeline bytes per CTA (2 CTAs per SM)
+constexpr int kPidCache = 1024;          // page ids of a chunk kept in shared memory (else read per copy)
 
 template <int D, int BITS, bool FAST>
 struct PCfg {
@@ -660,7 +661,8 @@ struct PCfg {
     static constexpr int STAGES = STAGES_RAW > 6 ? 6 : STAGES_RAW < 2 ? 2 : STAGES_RAW;
     static constexpr int PIPE = STAGES * STAGE_BYTES;
     static constexpr int EPI = (2 * kPWarps * kGT * D + 3 * kPWarps * kGT) * 4;
-    static constexpr int SMEM = PIPE > EPI ? PIPE : EPI;
+    static constexpr int MAIN = PIPE > EPI ? PIPE : EPI;
+    static constexpr int SMEM = MAIN + kPidCache * 4;  // + the chunk's page ids
 };
 
 // rows x[nrows][D] (row r belongs to kv head hb + r / kGT) times R (inverse: R^T); block-wide.
@@ -728,6 +730,12 @@ __global__ void __launch_bounds__(kPThreads, 2) qdecode_pages_kernel(const QPara
     const int tid = threadIdx.x;
     const int warp = tid >> 5, lane = tid & 31, gid = lane >> 2, tig = lane & 3;
     const int hl = warp % khp, wr = warp / khp;
+    // the chunk's page ids, read once (visible after the query prologue's barrier): the copies of a
+    // stage then wait on no global load
+    int* pid_s = reinterpret_cast<int*>(smem + C::MAIN);
+    const bool pid_cached = pg1 - pg0 <= kPidCache;
+    if (pid_cached)
+        for (int i = tid; i < pg1 - pg0; i += kPThreads) pid_s[i] = __ldg(pages + i);
     const bool active = hl < kh;
     const int kvh = hb + (active ? hl : 0);
     const int n = p.n, G = p.G, MB = p.MB;
@@ -785,6 +793,9 @@ __global__ void __launch_bounds__(kPThreads, 2) qdecode_pages_kernel(const QPara
     const uint8_t* vb = p.v + int64_t(hb) * p.head_stride;
     const bool vec = p.vec16 && ((q * MB) & 15) == 0;
     const int nsub = TT >> qs;
+    // stage layout (each of K, V): codes [nsub][kh][q][CB], then meta [nsub][kh][q][MB]
+    const int qmb = q * MB;
+    const int codes_total = nsub * kh * qcb;
 
     auto issue = [&](int it, int s) {
         unsigned char* sk = smem + s * C::STAGE_BYTES;
@@ -804,10 +815,11 @@ __global__ void __launch_bounds__(kPThreads, 2) qdecode_pages_kernel(const QPara
             if (valid) {
                 const int pi = j >> p.page_shift;
                 const int slot = j & (ps - 1);
-                off = int64_t(__ldg(pages + pi)) * p.page_stride + int64_t(h) * p.head_stride +
+                const int pid = pid_cached ? pid_s[pi] : __ldg(pages + pi);
+                off = int64_t(pid) * p.page_stride + int64_t(h) * p.head_stride +
                       (x < qcb ? slot * CB + x : p.meta_off + slot * MB + (x - qcb));
             }
-            const int so = piece * PB + x;
+            const int so = x < qcb ? piece * qcb + x : codes_total + piece * qmb + (x - qcb);
             if (vec) {
                 cp_async16(sk + so, kb + off, valid);
                 cp_async16(sv + so, vb + off, valid);
@@ -850,8 +862,8 @@ __global__ void __launch_bounds__(kPThreads, 2) qdecode_pages_kernel(const QPara
             const int tok0 = it * TT + t0;
             if (tok0 >= chunk_len) break;  // warp-uniform
             // byte offset (within a K/V half) of token t's codes; meta at + qcb + slot * (MB - CB)
-            auto code_off = [&](int t) { return ((t >> qs) * kh + hl) * PB + (t & qmask) * CB; };
-            auto meta_off = [&](int t) { return ((t >> qs) * kh + hl) * PB + qcb + (t & qmask) * MB; };
+            auto code_off = [&](int t) { return ((t >> qs) * kh + hl) * qcb + (t & qmask) * CB; };
+            auto meta_off = [&](int t) { return codes_total + ((t >> qs) * kh + hl) * qmb + (t & qmask) * MB; };
 
             float sacc[2][4];
 #pragma unroll
@@ -1050,14 +1062,14 @@ __global__ void __launch_bounds__(kPThreads, 2) qdecode_pages_kernel(const QPara
     }
 }
 
-// One warp per (sequence, query head): LSE-weighted sum of the sequence's chunk partials (as in
-// decode.cu).
-__global__ void __launch_bounds__(128) qmerge_kernel(const QParams p) {
-    const int lane = threadIdx.x & 31;
-    const int w = blockIdx.x * 4 + (threadIdx.x >> 5);
-    if (w >= p.batch * p.num_qo_heads) return;
-    const int b = w / p.num_qo_heads;
-    const int qo = w - b * p.num_qo_heads;
+// One CTA of 8 warps per (sequence, query head): LSE-weighted sum of the sequence's chunk
+// partials; the warps take interleaved chunks (independent loads in flight) and are summed
+// through shared memory.
+__global__ void __launch_bounds__(256) qmerge_kernel(const QParams p) {
+    __shared__ float4 part[8][32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int b = blockIdx.x / p.num_qo_heads;
+    const int qo = blockIdx.x - b * p.num_qo_heads;
     int per, used;
     chunk_geometry(p.indptr[b + 1] - p.indptr[b], p.num_chunks, p.min_chunk_pages, per, used);
     const int64_t row0 = int64_t(b) * p.num_chunks * p.num_qo_heads + qo;
@@ -1072,9 +1084,11 @@ __global__ void __launch_bounds__(128) qmerge_kernel(const QParams p) {
     for (int off = 16; off > 0; off >>= 1) L += __shfl_xor_sync(0xffffffffu, L, off);
     const float inv = 1.f / L;
     const int D = p.head_dim;
-    for (int d = lane * 4; d < D; d += 128) {
-        float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-        for (int c = 0; c < used; ++c) {
+    const int d = lane * 4;  // D <= 128
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (d < D) {
+#pragma unroll 4
+        for (int c = warp; c < used; c += 8) {
             const float wgt = ex2(p.ws_lse[row0 + c * rs] - M);
             const float4 v = *reinterpret_cast<const float4*>(p.ws_o + (row0 + c * rs) * D + d);
             acc.x = fmaf(wgt, v.x, acc.x);
@@ -1082,13 +1096,25 @@ __global__ void __launch_bounds__(128) qmerge_kernel(const QParams p) {
             acc.z = fmaf(wgt, v.z, acc.z);
             acc.w = fmaf(wgt, v.w, acc.w);
         }
+    }
+    part[warp][lane] = acc;
+    __syncthreads();
+    if (warp == 0 && d < D) {
+#pragma unroll
+        for (int w = 1; w < 8; ++w) {
+            const float4 v = part[w][lane];
+            acc.x += v.x;
+            acc.y += v.y;
+            acc.z += v.z;
+            acc.w += v.w;
+        }
         const int64_t o = int64_t(b) * p.o_row + int64_t(qo) * p.o_head + d;
         store_elem(p.out, p.out_dtype, o + 0, acc.x * inv);
         store_elem(p.out, p.out_dtype, o + 1, acc.y * inv);
         store_elem(p.out, p.out_dtype, o + 2, acc.z * inv);
         store_elem(p.out, p.out_dtype, o + 3, acc.w * inv);
     }
-    if (lane == 0 && p.lse) p.lse[int64_t(b) * p.lse_row + int64_t(qo) * p.lse_head] = (M + __log2f(L)) * kLn2;
+    if (threadIdx.x == 0 && p.lse) p.lse[int64_t(b) * p.lse_row + int64_t(qo) * p.lse_head] = (M + __log2f(L)) * kLn2;
 }
 
 using KernelFn = void (*)(QParams);
@@ -1270,7 +1296,8 @@ public:
         p.num_chunks = chunks_for(batch, use_pages);
         p.min_chunk_pages = tuning_.force_chunks > 0
                                 ? 1
-                                : std::max(1, (tuning_.min_chunk_tokens + a.kv.page_size - 1) / a.kv.page_size);
+                                : std::max(1, ((use_pages ? tuning_.min_chunk_tokens / 4 : tuning_.min_chunk_tokens) +
+                                               a.kv.page_size - 1) / a.kv.page_size);
         p.ws_o = static_cast<float*>(ws_);
         p.ws_lse = ws_ ? static_cast<float*>(ws_) + ws_lse_offset_ : nullptr;
         p.head_dim = D;
@@ -1302,8 +1329,7 @@ public:
             else kernel_<<<grid, kThreads, size_t(smem_), stream>>>(p);
         }
         if (p.num_chunks > 1) {
-            const unsigned warps = unsigned(batch * desc_.num_qo_heads);
-            qmerge_kernel<<<(warps + 3) / 4, 128, 0, stream>>>(p);
+            qmerge_kernel<<<unsigned(batch * desc_.num_qo_heads), 256, 0, stream>>>(p);
         }
         return cudaGetLastError();
     }

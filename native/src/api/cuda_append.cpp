@@ -1,0 +1,137 @@
+// attn4j_paged_kv_append on a CUDA context (see cuda_append.h).
+#include "api/cuda_append.h"
+
+#include <cinttypes>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "api/paged_kv_checks.h"
+#include "core/dtype.h"
+#include "core/error.h"
+#include "core/validate.h"
+
+#ifdef ATTN4J_HAVE_CUDA
+#include "api/cuda_util.h"
+#include "cuda/append.cuh"
+#endif
+
+namespace attn4j {
+
+#ifndef ATTN4J_HAVE_CUDA
+
+void cuda_paged_kv_append(const Context&, const PagedKvView&, const attn4j_page_table*, const attn4j_tensor*,
+                          const attn4j_tensor*, const attn4j_tensor*) {
+    fail(ATTN4J_ERR_UNSUPPORTED, "ctx: paged_kv_append on CUDA: this library was built without CUDA");
+}
+
+#else
+
+namespace {
+
+using S = std::string;
+
+// Synchronous device-to-host copy of n int32 (n may be 0).
+void copy_back(std::vector<int32_t>& dst, const void* src, int64_t n, const char* name, int device) {
+    dst.resize(size_t(std::max<int64_t>(n, 1)));
+    if (n <= 0) return;
+    const cudaError_t e = cudaMemcpy(dst.data(), src, size_t(n) * sizeof(int32_t), cudaMemcpyDeviceToHost);
+    if (e != cudaSuccess)
+        cuda_fail(e, S("attn4j_paged_kv_append: copying ") + name + " to the host for validation failed on cuda:" +
+                         std::to_string(device) +
+                         " (an error of earlier asynchronous work on this device is also reported here)");
+}
+
+// Where the first non-finite value of a [rows, heads, dim] device tensor is, as the CPU says it.
+[[noreturn]] void report_nonfinite(const attn4j_tensor& t, const char* name, unsigned long long flat) {
+    const int64_t heads = t.shape[1], dim = t.shape[2];
+    const int64_t row = int64_t(flat) / (heads * dim), head = (int64_t(flat) / dim) % heads, d = int64_t(flat) % dim;
+    char buf[256];
+    std::snprintf(buf, sizeof buf,
+                  "%s: contains a non-finite value (Inf or NaN) at row %" PRId64 " head %" PRId64
+                  " (element [%" PRId64 ", %" PRId64 ", %" PRId64 "]); nothing was written",
+                  name, row, head, row, head, d);
+    invalid(buf);
+}
+
+}  // namespace
+
+void cuda_paged_kv_append(const Context& c, const PagedKvView& kv, const attn4j_page_table* table,
+                          const attn4j_tensor* append_indptr, const attn4j_tensor* k, const attn4j_tensor* v) {
+    const int device = c.device_id;
+    const PageTableDims dims = check_page_table_tensors(table, ATTN4J_DEVICE_CUDA, device, "ctx");
+    const attn4j_tensor& ap_t = check_tensor(append_indptr, "append_indptr");
+    expect_rank(ap_t, "append_indptr", 1);
+    expect_dtype(ap_t, "append_indptr", ATTN4J_DTYPE_I32, "the required");
+    expect_device(ap_t, "append_indptr", ATTN4J_DEVICE_CUDA, device, "ctx");
+    DeviceScope scope(device);
+    for (const auto& [ptr, name] : {std::pair<const void*, const char*>{table->indptr.data, "table.indptr"},
+                                    {table->indices.data, "table.indices"},
+                                    {table->last_page_len.data, "table.last_page_len"},
+                                    {append_indptr->data, "append_indptr"},
+                                    {kv.k, "cache.k_data"},
+                                    {kv.v, "cache.v_data"}})
+        check_device_pointer(ptr, name, device);
+    if (kv.k_rot.kind == ATTN4J_ROTATION_MATRIX) check_device_pointer(kv.k_rot.matrix, "cache.quant.k_matrix", device);
+    if (kv.v_rot.kind == ATTN4J_ROTATION_MATRIX) check_device_pointer(kv.v_rot.matrix, "cache.quant.v_matrix", device);
+
+    // Page table and append counts: host copies, then the CPU path's checks.
+    std::vector<int32_t> indptr, last, indices, ap;
+    copy_back(indptr, table->indptr.data, dims.batch + 1, "table.indptr", device);
+    check_page_table_indptr(indptr.data(), dims);
+    copy_back(last, table->last_page_len.data, dims.batch, "table.last_page_len", device);
+    copy_back(indices, table->indices.data, indptr[size_t(dims.batch)], "table.indices", device);
+    check_page_table_pages(indptr.data(), indices.data(), last.data(), dims.batch, kv, /*allow_empty=*/true);
+    copy_back(ap, append_indptr->data, ap_t.shape[0], "append_indptr", device);
+    PageTableView host_table;
+    host_table.batch = int32_t(dims.batch);
+    host_table.indptr = indptr.data();
+    host_table.indices = indices.data();
+    host_table.last_page_len = last.data();
+    const int64_t nnz = api::check_append_counts(ap.data(), ap_t.shape[0], host_table, kv);
+    api::check_append_rows(k, v, nnz, kv, c);
+    check_device_pointer(k->data, "k", device);
+    check_device_pointer(v->data, "v", device);
+    if (kv.quantized() && kv.head_dim > 256)
+        fail(ATTN4J_ERR_UNSUPPORTED, "cache: head_dim " + std::to_string(kv.head_dim) +
+                                         " of a quantized cache exceeds 256 on CUDA");
+
+    // Nothing is written unless every value is finite.
+    unsigned long long* d_first = nullptr;
+    cudaError_t e = cudaMalloc(&d_first, 2 * sizeof(unsigned long long));
+    if (e != cudaSuccess) cuda_fail(e, "attn4j_paged_kv_append: scratch for the Inf/NaN scan");
+    struct Free {
+        void* p;
+        ~Free() { (void)cudaFree(p); }
+    } free_first{d_first};
+    e = cudaMemset(d_first, 0xFF, 2 * sizeof(unsigned long long));
+    const RowsHeadsView kr = rows_heads_view(*k), vr = rows_heads_view(*v);
+    if (e == cudaSuccess) e = cuda::find_nonfinite(kr, nnz, kv.num_kv_heads, kv.head_dim, d_first, nullptr);
+    if (e == cudaSuccess) e = cuda::find_nonfinite(vr, nnz, kv.num_kv_heads, kv.head_dim, d_first + 1, nullptr);
+    unsigned long long first[2] = {~0ull, ~0ull};
+    if (e == cudaSuccess) e = cudaMemcpy(first, d_first, sizeof first, cudaMemcpyDeviceToHost);
+    if (e != cudaSuccess) cuda_fail(e, "attn4j_paged_kv_append: Inf/NaN scan of k and v on cuda:" + std::to_string(device));
+    if (first[0] != ~0ull) report_nonfinite(*k, "k", first[0]);
+    if (first[1] != ~0ull) report_nonfinite(*v, "v", first[1]);
+
+    cuda::AppendArgs a;
+    a.kv = kv;
+    a.table.batch = int32_t(dims.batch);
+    a.table.indptr = static_cast<const int32_t*>(table->indptr.data);
+    a.table.indices = static_cast<const int32_t*>(table->indices.data);
+    a.table.last_page_len = static_cast<const int32_t*>(table->last_page_len.data);
+    a.append_indptr = static_cast<const int32_t*>(append_indptr->data);
+    a.nnz = nnz;
+    a.k = kr;
+    a.v = vr;
+    a.hadamard_scale = float(1.0 / std::sqrt(double(kv.head_dim)));
+    a.page_stride_bytes = kv.page_stride_bytes();
+    a.head_stride_bytes = kv.head_stride_bytes();
+    e = cuda::paged_kv_append(a, nullptr);
+    if (e == cudaSuccess) e = cudaDeviceSynchronize();
+    if (e != cudaSuccess) cuda_fail(e, "attn4j_paged_kv_append: append kernel on cuda:" + std::to_string(device));
+}
+
+#endif  // ATTN4J_HAVE_CUDA
+
+}  // namespace attn4j
