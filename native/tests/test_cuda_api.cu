@@ -3,7 +3,7 @@
 // 128 and 64, BF16 KV, page 16, ragged batches, poisoned outputs and unreferenced pages), then bad
 // inputs that must come back as statuses naming the argument (host q, cache on another device,
 // out-of-range page id, empty sequence, misaligned out / cache, wrong dtype, host memory labelled
-// CUDA), each followed by a correct run; prefill / merge / append stay UNSUPPORTED on CUDA.
+// CUDA), each followed by a correct run; prefill and merge stay UNSUPPORTED on CUDA.
 // Without a CUDA device it prints "SKIP: no CUDA device" and exits 0.
 #include <cuda_runtime.h>
 
@@ -422,11 +422,13 @@ int main() {
                "CUDA decode supports head_dim 64 or 128");
         d2 = d;
         d2.kv_dtype = ATTN4J_DTYPE_F32;
-        expect("decode kv F32", attn4j_decode_plan_create(ctx, &d2, &plan), UNS, "kv_dtype BF16 or F16");
+        expect("decode kv F32", attn4j_decode_plan_create(ctx, &d2, &plan), UNS,
+               "kv_dtype BF16, F16, INT8, INT4 or INT2");
         CHECK(plan == nullptr);
         attn4j_tensor ai = dev_tensor(P.dindptr, ATTN4J_DTYPE_I32, {2});
-        expect("append", attn4j_paged_kv_append(ctx, &P.cache, &P.table, &ai, &P.tq, &P.tq), UNS,
-               "paged_kv_append on CUDA device 0 is not implemented");
+        // Append runs on CUDA (test_cuda_append); here k and v have the query's head count.
+        expect("append k heads", attn4j_paged_kv_append(ctx, &P.cache, &P.table, &ai, &P.tq, &P.tq),
+               ATTN4J_ERR_INVALID_ARGUMENT, "k: shape[1]");
         // merge_states checks its arguments first (device tensors of the right shapes here).
         float* dm = nullptr;
         CK(cudaMalloc(reinterpret_cast<void**>(&dm), (2 * 8 * 64 + 2 * 8) * sizeof(float)));

@@ -96,15 +96,26 @@ void cuda_paged_kv_append(const Context& c, const PagedKvView& kv, const attn4j_
         fail(ATTN4J_ERR_UNSUPPORTED, "cache: head_dim " + std::to_string(kv.head_dim) +
                                          " of a quantized cache exceeds 256 on CUDA");
 
-    // Nothing is written unless every value is finite.
-    unsigned long long* d_first = nullptr;
-    cudaError_t e = cudaMalloc(&d_first, 2 * sizeof(unsigned long long));
-    if (e != cudaSuccess) cuda_fail(e, "attn4j_paged_kv_append: scratch for the Inf/NaN scan");
+    // Scratch: the Inf/NaN scan's two results, then the clip ratios, which the ABI keeps in host
+    // memory, as device copies for the kernel.
+    const int H = kv.num_kv_heads;
+    std::vector<float> clips(size_t(2 * H), 1.f);
+    for (int h = 0; h < H; ++h) {
+        if (kv.k_rot.clip) clips[size_t(h)] = kv.k_rot.clip[h];
+        if (kv.v_rot.clip) clips[size_t(H + h)] = kv.v_rot.clip[h];
+    }
+    void* scratch = nullptr;
+    cudaError_t e = cudaMalloc(&scratch, 2 * sizeof(unsigned long long) + clips.size() * sizeof(float));
+    if (e != cudaSuccess) cuda_fail(e, "attn4j_paged_kv_append: device scratch");
     struct Free {
         void* p;
         ~Free() { (void)cudaFree(p); }
-    } free_first{d_first};
-    e = cudaMemset(d_first, 0xFF, 2 * sizeof(unsigned long long));
+    } free_scratch{scratch};
+    unsigned long long* d_first = static_cast<unsigned long long*>(scratch);
+    float* d_clips = reinterpret_cast<float*>(d_first + 2);
+    e = cudaMemcpy(d_clips, clips.data(), clips.size() * sizeof(float), cudaMemcpyHostToDevice);
+    // Nothing is written unless every value is finite.
+    if (e == cudaSuccess) e = cudaMemset(d_first, 0xFF, 2 * sizeof(unsigned long long));
     const RowsHeadsView kr = rows_heads_view(*k), vr = rows_heads_view(*v);
     if (e == cudaSuccess) e = cuda::find_nonfinite(kr, nnz, kv.num_kv_heads, kv.head_dim, d_first, nullptr);
     if (e == cudaSuccess) e = cuda::find_nonfinite(vr, nnz, kv.num_kv_heads, kv.head_dim, d_first + 1, nullptr);
@@ -116,6 +127,8 @@ void cuda_paged_kv_append(const Context& c, const PagedKvView& kv, const attn4j_
 
     cuda::AppendArgs a;
     a.kv = kv;
+    a.kv.k_rot.clip = d_clips;
+    a.kv.v_rot.clip = d_clips + H;
     a.table.batch = int32_t(dims.batch);
     a.table.indptr = static_cast<const int32_t*>(table->indptr.data);
     a.table.indices = static_cast<const int32_t*>(table->indices.data);

@@ -12,7 +12,7 @@ namespace {
 using namespace quant_impl;
 
 struct Avx2QuantOps {
-    static constexpr int kPrefetchTokens = 64;   // look-ahead in tokens (multiple of 8)
+    static constexpr int kPrefetchTokens = 64;   // look-ahead in tokens (multiple of kBlock)
     static constexpr int kPrefetchLocality = 1;  // prefetcht2, as the float kernel
     using V = __m256;
     static inline V zero() { return _mm256_setzero_ps(); }

@@ -7,9 +7,10 @@
 //  * GenericKernel<Ops>: any format / head_dim (multiple of G, <= 256) / page_size; float math on
 //    codes decoded one token at a time into an L1 row (double accumulators). The scalar path, and
 //    the fallback of the SIMD paths for shapes the fast kernel does not take.
-//  * FastKernel<Ops, BITS, HD> (head_dim 64 / 128 / 256): blocks of 8 tokens (a block may cross
-//    pages; with page_size % 8 == 0 offsets are affine and meta is gathered in one go), head
-//    tiles of 1/2/4 query heads:
+//  * FastKernel<Ops, BITS, HD> (head_dim 64 / 128 / 256): blocks of 16 tokens (two vectors of 8;
+//    a block may cross pages; with page_size % 16 == 0 offsets are affine and meta is loaded in
+//    one go), head tiles of 1/2/4 query heads; the integer K phase of a block is one fully
+//    unrolled Ops call per tile (kblock_i8 / kblock_i16, group bytes a template argument):
 //      K phase: integer dot products per (token, head, K group) when a 32-byte run of codes lies
 //               in one group (n = G*bits/8 >= 32): INT4/INT2 by vpmaddubsw on the shifted+masked
 //               code bytes with q as s8 (|q| <= 127, per-group symmetric scale, reordered once
@@ -22,9 +23,9 @@
 //               score = sum_g sq_g * scale_g * I_g + zero_g * sum(q_g) + scale_g * corr_g.
 //      softmax: online, base 2, per block.
 //      V phase: INT4/INT2 with n >= 32: integer PV: per block and head, w_t = p_t * scale_t is
-//               quantized to u8 (per-block max / 255), token pairs interleaved byte-wise and
-//               multiplied by vpmaddubsw (s16 sums over the block), then o += wscale * sums in
-//               F32; the weights' rounding error times the mid code goes to the constant part.
+//               quantized to u8 (per half-block max / 255), token pairs interleaved byte-wise
+//               and multiplied by vpmaddubsw (s16 sums per half block), the halves combined by
+//               vpmaddwd with their s16 unit ratios, then o += wscale * sums in F32; the weights' rounding error times the mid code goes to the constant part.
 //               Otherwise (INT8, small groups): o += (p * scale_g) * code in F32, codes widened
 //               once per token and shared by the tile's heads. The zero part
 //               sum_t p_t * zero_g,t is a per-(head, group) accumulator added to every dim of the

@@ -12,8 +12,9 @@
 
 namespace attn4j::cuda {
 
-// Validated: device pointers, the table includes the new tokens, every sequence appends at
-// most its length, k / v are [nnz, num_kv_heads, head_dim] F32/F16/BF16 and finite.
+// Validated: device pointers (the rotations' clip arrays too: the caller copies them to the
+// device), the table includes the new tokens, every sequence appends at most its length, k / v
+// are [nnz, num_kv_heads, head_dim] F32/F16/BF16 and finite.
 struct AppendArgs {
     PagedKvView kv;
     PageTableView table;                     // device pointers

@@ -1,4 +1,7 @@
-// CUDA paged decode over quantized KV pages (see decode_quant.cuh). Per CTA of 4 warps:
+// CUDA paged decode over quantized KV pages (see decode_quant.cuh). Two kernels share the math:
+// qdecode_pages_kernel (default; page-major, 8 warps, described at its definition) and
+// qdecode_kernel (group > 8 or non-power-of-two pages, or ATTN4J_CUDA_QDECODE=old).
+// Per CTA of 4 warps of qdecode_kernel:
 //  - one (sequence, kv head, tile of up to 8 query heads, chunk of whole pages);
 //  - a stage of 64 tokens (K codes, V codes, K meta, V meta of each token) is copied into shared
 //    memory with cp.async (16-byte copies for codes when the page geometry allows, else 4-byte);

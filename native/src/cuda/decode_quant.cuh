@@ -1,8 +1,10 @@
 // CUDA paged decode over quantized KV pages (INT8 / INT4 / INT2, see attn4j_kv_quant): codes are
 // read straight from the packed pages and dequantized in registers; scores and P.V run on the
-// tensor cores (mma.sync m16n8k16, f16 inputs, f32 accumulation). One CTA of 4 warps streams one
-// (sequence, kv head, tile of up to 8 query heads, KV chunk) once; long sequences are split into
-// page-aligned chunks merged by an LSE kernel, as in decode.cuh. The page format (group size,
+// tensor cores (mma.sync m16n8k16, f16 inputs, f32 accumulation). Default (GQA group <= 8,
+// power-of-two page size): one CTA of 8 warps streams one (sequence, tile of up to 8 kv heads, KV
+// chunk), a page's blocks of those heads read together, one warp (or several) per kv head; else
+// one CTA of 4 warps per (sequence, kv head, tile of up to 8 query heads, KV chunk). Long
+// sequences are split into page-aligned chunks merged by an LSE kernel, as in decode.cuh. The page format (group size,
 // meta dtype) and the rotations are read from DecodeArgs::kv at run time, so one plan serves any
 // of them. run() allocates nothing and never synchronises (CUDA-graph capturable).
 #pragma once
