@@ -15,7 +15,7 @@ import com.fasterxml.jackson.databind.ObjectMapper;
  * benchmarks/results/llamacpp-cpu.json (see benchmarks/peers/llamacpp-cpu.sh): per case kind,
  * kv_type, kv_len, q_len, time_us, kv_gbps, gflops.
  */
-record LlamaCppBaseline(Path file, String commit, String date, int threads, List<Entry> cases) {
+record LlamaCppBaseline(Path file, String commit, String date, int threads, String cpuModel, List<Entry> cases) {
 
     record Entry(String kind, String kvType, int qHeads, int kvHeads, int headDim, long kvLen, long qLen,
             double timeUs, double kvGbps, double gflops) {}
@@ -33,7 +33,7 @@ record LlamaCppBaseline(Path file, String commit, String date, int threads, List
                     c.path("kv_gbps").asDouble(Double.NaN), c.path("gflops").asDouble(Double.NaN)));
         }
         return new LlamaCppBaseline(file, root.path("ggml_commit").asText(null), root.path("date").asText(null),
-                root.path("threads").asInt(0), cases);
+                root.path("threads").asInt(0), root.path("cpu_model").asText(""), cases);
     }
 
     /** The case with this shape and KV type ("f16", "bf16", ...), or null. */
