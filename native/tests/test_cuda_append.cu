@@ -15,6 +15,7 @@
 #include "attn4j.h"
 #include "core/dtype.h"
 #include "cuda_test.h"
+#include "quant_test.h"
 
 namespace {
 
@@ -23,35 +24,6 @@ attn4j_tensor on_device(attn4j_tensor t, void* data) {
     t.device_type = ATTN4J_DEVICE_CUDA;
     t.device_id = 0;
     return t;
-}
-
-attn4j_context* context(attn4j_device_type type) {
-    attn4j_context_options o{};
-    o.struct_size = sizeof o;
-    o.device_type = type;
-    o.num_threads = 2;
-    attn4j_context* c = nullptr;
-    CHECK_MSG(attn4j_context_create(&o, &c) == ATTN4J_OK, attn4j_last_error());
-    return c;
-}
-
-std::vector<float> orthogonal(int n, std::mt19937& rng) {
-    std::normal_distribution<double> nd;
-    std::vector<double> m(size_t(n) * n);
-    for (double& x : m) x = nd(rng);
-    for (int i = 0; i < n; ++i) {
-        double* r = &m[size_t(i) * n];
-        for (int j = 0; j < i; ++j) {
-            const double* p = &m[size_t(j) * n];
-            double dot = 0;
-            for (int k = 0; k < n; ++k) dot += r[k] * p[k];
-            for (int k = 0; k < n; ++k) r[k] -= dot * p[k];
-        }
-        double nn = 0;
-        for (int k = 0; k < n; ++k) nn += r[k] * r[k];
-        for (int k = 0; k < n; ++k) r[k] /= std::sqrt(nn);
-    }
-    return std::vector<float>(m.begin(), m.end());
 }
 
 struct Setup {
@@ -97,7 +69,7 @@ void run_case(attn4j_context* cpu, attn4j_context* gpu, const Setup& s, uint32_t
         cache.quant.v_clip = clip.data();
         if (s.rot == ATTN4J_ROTATION_MATRIX) {
             for (int h = 0; h < KVH; ++h) {
-                auto a = orthogonal(s.d, rng), b = orthogonal(s.d, rng);
+                auto a = a4j_test::random_orthogonal(s.d, rng), b = a4j_test::random_orthogonal(s.d, rng);
                 kmat.insert(kmat.end(), a.begin(), a.end());
                 vmat.insert(vmat.end(), b.begin(), b.end());
             }
@@ -239,8 +211,8 @@ int main() {
         std::printf("SKIP: no CUDA device (test_cuda_append)\n");
         return 0;
     }
-    attn4j_context* cpu = context(ATTN4J_DEVICE_CPU);
-    attn4j_context* gpu = context(ATTN4J_DEVICE_CUDA);
+    attn4j_context* cpu = a4j_test::make_context(ATTN4J_DEVICE_CPU, 2);
+    attn4j_context* gpu = a4j_test::make_context(ATTN4J_DEVICE_CUDA, 2);
     uint32_t seed = 100;
     for (attn4j_dtype f : {ATTN4J_DTYPE_BF16, ATTN4J_DTYPE_F16})
         for (attn4j_dtype in : {ATTN4J_DTYPE_F32, ATTN4J_DTYPE_BF16})

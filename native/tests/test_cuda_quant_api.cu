@@ -13,6 +13,7 @@
 #include "a4j_test.h"
 #include "attn4j.h"
 #include "cuda_test.h"
+#include "quant_test.h"
 
 namespace {
 
@@ -21,16 +22,6 @@ attn4j_tensor on_device(attn4j_tensor t, void* data) {
     t.device_type = ATTN4J_DEVICE_CUDA;
     t.device_id = 0;
     return t;
-}
-
-attn4j_context* context(attn4j_device_type type) {
-    attn4j_context_options o{};
-    o.struct_size = sizeof o;
-    o.device_type = type;
-    o.num_threads = 2;
-    attn4j_context* c = nullptr;
-    CHECK_MSG(attn4j_context_create(&o, &c) == ATTN4J_OK, attn4j_last_error());
-    return c;
 }
 
 void run_case(attn4j_context* cpu, attn4j_context* gpu, attn4j_dtype dtype, int group, uint32_t seed) {
@@ -167,8 +158,8 @@ int main() {
         std::printf("SKIP: no CUDA device (test_cuda_quant_api)\n");
         return 0;
     }
-    attn4j_context* cpu = context(ATTN4J_DEVICE_CPU);
-    attn4j_context* gpu = context(ATTN4J_DEVICE_CUDA);
+    attn4j_context* cpu = a4j_test::make_context(ATTN4J_DEVICE_CPU, 2);
+    attn4j_context* gpu = a4j_test::make_context(ATTN4J_DEVICE_CUDA, 2);
     uint32_t seed = 11;
     for (attn4j_dtype dt : {ATTN4J_DTYPE_INT8, ATTN4J_DTYPE_INT4, ATTN4J_DTYPE_INT2})
         for (int g : {32, 128}) run_case(cpu, gpu, dt, g, seed++);

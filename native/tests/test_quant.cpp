@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "a4j_test.h"
+#include "quant_test.h"
 #include "core/cpu_features.h"
 #include "core/dtype.h"
 #include "cpu/decode_quant.h"
@@ -34,26 +35,6 @@ std::vector<double> hadamard_matrix(int n) {  // H / sqrt(n), Sylvester order
     for (int i = 0; i < n; ++i)
         for (int j = 0; j < n; ++j) h[size_t(i) * n + j] = (__builtin_popcount(unsigned(i & j)) & 1 ? -1.0 : 1.0) / std::sqrt(double(n));
     return h;
-}
-
-std::vector<float> random_orthogonal(int n, Rng& rng) {  // Gram-Schmidt on a Gaussian matrix
-    std::vector<double> m(size_t(n) * n);
-    for (auto& x : m) x = gauss(rng);
-    for (int i = 0; i < n; ++i) {
-        double* r = &m[size_t(i) * n];
-        for (int pass = 0; pass < 2; ++pass)
-            for (int k = 0; k < i; ++k) {
-                const double* b = &m[size_t(k) * n];
-                double d = 0;
-                for (int j = 0; j < n; ++j) d += r[j] * b[j];
-                for (int j = 0; j < n; ++j) r[j] -= d * b[j];
-            }
-        double nn = 0;
-        for (int j = 0; j < n; ++j) nn += r[j] * r[j];
-        nn = std::sqrt(nn);
-        for (int j = 0; j < n; ++j) r[j] /= nn;
-    }
-    return std::vector<float>(m.begin(), m.end());
 }
 
 float meta_at(const void* meta, const QuantFormat& f, int i) {
@@ -93,7 +74,7 @@ void test_hadamard() {
 
 void test_rotation_roundtrip(Rng& rng) {
     for (int n : {64, 128, 256}) {
-        const auto mat = random_orthogonal(n, rng);
+        const auto mat = a4j_test::random_orthogonal(n, rng);
         for (auto kind : {ATTN4J_ROTATION_NONE, ATTN4J_ROTATION_HADAMARD, ATTN4J_ROTATION_MATRIX}) {
             std::vector<float> x(n), y(n), z(n);
             for (auto& v : x) v = float(gauss(rng));
@@ -222,7 +203,7 @@ Cache build_cache(const Case& c, Rng& rng) {
     ca.kmat.clear();
     ca.vmat.clear();
     for (int h = 0; h < ca.H; ++h) {
-        auto a = random_orthogonal(c.hd, rng), b = random_orthogonal(c.hd, rng);
+        auto a = a4j_test::random_orthogonal(c.hd, rng), b = a4j_test::random_orthogonal(c.hd, rng);
         ca.kmat.insert(ca.kmat.end(), a.begin(), a.end());
         ca.vmat.insert(ca.vmat.end(), b.begin(), b.end());
     }

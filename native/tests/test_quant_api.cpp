@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "a4j_test.h"
+#include "quant_test.h"
 #include "attn4j.h"
 #include "core/dtype.h"
 #include "core/kernel_args.h"
@@ -35,38 +36,7 @@ void expect(const std::string& name, attn4j_status got, attn4j_status want, cons
                   name + ": last error \"" + err + "\" does not contain \"" + needle + "\"");
 }
 
-attn4j_context* make_ctx(int threads) {
-    attn4j_context_options o{};
-    o.struct_size = sizeof o;
-    o.device_type = ATTN4J_DEVICE_CPU;
-    o.num_threads = threads;
-    attn4j_context* c = nullptr;
-    CHECK(attn4j_context_create(&o, &c) == ATTN4J_OK);
-    return c;
-}
-
 int bits_of(attn4j_dtype d) { return d == ATTN4J_DTYPE_INT8 ? 8 : d == ATTN4J_DTYPE_INT4 ? 4 : 2; }
-
-// Random orthogonal matrix (Gram-Schmidt of a Gaussian matrix), row-major.
-std::vector<float> random_orthogonal(int n, std::mt19937_64& rng) {
-    std::normal_distribution<double> nd;
-    std::vector<double> m(size_t(n) * n);
-    for (double& x : m) x = nd(rng);
-    for (int i = 0; i < n; ++i) {
-        double* r = &m[size_t(i) * n];
-        for (int j = 0; j < i; ++j) {
-            const double* p = &m[size_t(j) * n];
-            double dot = 0;
-            for (int k = 0; k < n; ++k) dot += r[k] * p[k];
-            for (int k = 0; k < n; ++k) r[k] -= dot * p[k];
-        }
-        double nn = 0;
-        for (int k = 0; k < n; ++k) nn += r[k] * r[k];
-        nn = std::sqrt(nn);
-        for (int k = 0; k < n; ++k) r[k] /= nn;
-    }
-    return std::vector<float>(m.begin(), m.end());
-}
 
 // One quantized (or float) paged cache with its buffers and a set of sequences.
 struct Cache {
@@ -99,7 +69,7 @@ Cache make_cache(attn4j_dtype dtype, int kvh, int d, int ps, int pages, int grou
         c.kv.quant.k_rotation = c.kv.quant.v_rotation = rot;
         if (rot == ATTN4J_ROTATION_MATRIX) {
             for (int h = 0; h < kvh; ++h) {
-                auto a = random_orthogonal(d, rng), b = random_orthogonal(d, rng);
+                auto a = a4j_test::random_orthogonal(d, rng), b = a4j_test::random_orthogonal(d, rng);
                 c.kmat.insert(c.kmat.end(), a.begin(), a.end());
                 c.vmat.insert(c.vmat.end(), b.begin(), b.end());
             }
@@ -339,7 +309,7 @@ const char* rot_name(attn4j_rotation r) {
 
 void test_formats(uint64_t seed) {
     std::mt19937_64 rng(seed);
-    attn4j_context* ctx = make_ctx(2);
+    attn4j_context* ctx = a4j_test::make_context(ATTN4J_DEVICE_CPU, 2);
     const attn4j_dtype dts[3] = {ATTN4J_DTYPE_INT8, ATTN4J_DTYPE_INT4, ATTN4J_DTYPE_INT2};
     const attn4j_rotation rots[3] = {ATTN4J_ROTATION_NONE, ATTN4J_ROTATION_HADAMARD, ATTN4J_ROTATION_MATRIX};
     const int groups[3] = {32, 64, 128};
@@ -381,7 +351,7 @@ void test_formats(uint64_t seed) {
 // BF16 segment + quantized segment, with sequences that have no quantized tokens.
 void test_segments(uint64_t seed) {
     std::mt19937_64 rng(seed);
-    attn4j_context* ctx = make_ctx(2);
+    attn4j_context* ctx = a4j_test::make_context(ATTN4J_DEVICE_CPU, 2);
     for (int rep = 0; rep < 4; ++rep) {
         const int d = 128, kvh = 2, qoh = 8, ps = 16;
         const attn4j_dtype qdt = rep % 2 ? ATTN4J_DTYPE_INT2 : ATTN4J_DTYPE_INT4;
@@ -476,7 +446,7 @@ void test_segments(uint64_t seed) {
 // Chunked prefill over a quantized cache (causal): the last n_q tokens of each sequence query it.
 void test_prefill(uint64_t seed) {
     std::mt19937_64 rng(seed);
-    attn4j_context* ctx = make_ctx(2);
+    attn4j_context* ctx = a4j_test::make_context(ATTN4J_DEVICE_CPU, 2);
     const int d = 64, kvh = 2, qoh = 4, ps = 16;
     Cache c = make_cache(ATTN4J_DTYPE_INT4, kvh, d, ps, 64, 32, ATTN4J_DTYPE_F16, ATTN4J_ROTATION_HADAMARD, rng);
     std::vector<int64_t> lens{300, 45};
@@ -537,7 +507,7 @@ void test_prefill(uint64_t seed) {
 
 void test_bad_inputs() {
     std::mt19937_64 rng(7);
-    attn4j_context* ctx = make_ctx(1);
+    attn4j_context* ctx = a4j_test::make_context(ATTN4J_DEVICE_CPU, 1);
     CHECK(attn4j_kv_token_bytes(ATTN4J_DTYPE_INT2, 128, 128, ATTN4J_DTYPE_F32) == 40);  // 2.5 bits
     CHECK(attn4j_kv_token_bytes(ATTN4J_DTYPE_INT4, 128, 32, ATTN4J_DTYPE_F16) == 64 + 16);
     CHECK(attn4j_kv_token_bytes(ATTN4J_DTYPE_INT8, 64, 64, ATTN4J_DTYPE_F32) == 72);
