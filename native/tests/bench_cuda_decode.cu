@@ -8,7 +8,7 @@
 //                          [--page-size N] [--ordered 0|1]
 #include <cuda_runtime.h>
 
-#include "cuda_test.h"
+#include "cuda_bench.h"
 
 #include <algorithm>
 #include <cmath>
@@ -16,8 +16,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <numeric>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -25,52 +23,8 @@
 #include "cuda/decode.cuh"
 
 using namespace attn4j;
-
-
-namespace {
-
-__global__ void fill_bf16(uint16_t* p, size_t n, uint32_t seed) {
-    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
-        uint32_t x = uint32_t(i) * 2654435761u ^ seed;
-        x ^= x >> 15;
-        x *= 2246822519u;
-        x ^= x >> 13;
-        // uniform in about [-2, 2): sign, exponent 126..128, random mantissa
-        const uint32_t sign = (x & 1u) << 15, exp = 126u + ((x >> 1) % 2u), man = (x >> 8) & 0x7Fu;
-        p[i] = uint16_t(sign | (exp << 7) | man);
-    }
-}
-
-double median(std::vector<float> v) {
-    std::sort(v.begin(), v.end());
-    return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
-}
-
-double copy_bandwidth() {
-    const size_t bytes = size_t(1) << 30;
-    void *a, *b;
-    CK(cudaMalloc(&a, bytes));
-    CK(cudaMalloc(&b, bytes));
-    CK(cudaMemset(a, 1, bytes));
-    cudaEvent_t e0, e1;
-    CK(cudaEventCreate(&e0));
-    CK(cudaEventCreate(&e1));
-    std::vector<float> t;
-    for (int i = 0; i < 12; ++i) {
-        CK(cudaEventRecord(e0));
-        CK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice));
-        CK(cudaEventRecord(e1));
-        CK(cudaEventSynchronize(e1));
-        float ms;
-        CK(cudaEventElapsedTime(&ms, e0, e1));
-        if (i >= 2) t.push_back(ms);
-    }
-    CK(cudaFree(a));
-    CK(cudaFree(b));
-    return 2.0 * bytes / (median(t) * 1e-3) / 1e12;
-}
-
-}  // namespace
+using a4j_bench::fill_bf16;
+using a4j_bench::median;
 
 int main(int argc, char** argv) {
     int n = 0;
@@ -91,7 +45,7 @@ int main(int argc, char** argv) {
     }
     cudaDeviceProp prop{};
     CK(cudaGetDeviceProperties(&prop, 0));
-    const double copy_tbs = copy_bandwidth();
+    const double copy_tbs = a4j_bench::copy_bandwidth();
     std::printf("device %s, %d SMs, L2 %d MB; D2D copy %.2f TB/s (read+write); min_chunk %d\n",
                 prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20, copy_tbs, min_chunk);
 
@@ -104,17 +58,9 @@ int main(int argc, char** argv) {
     bool first = true;
     std::printf("%6s %8s %7s %10s %10s %9s %9s %9s\n", "batch", "seq_len", "chunks", "median_us", "min_us", "TB/s",
                 "graph_us", "graph_TB/s");
-    size_t pos = 0;
-    while (pos < shapes.size()) {
-        size_t comma = shapes.find(',', pos);
-        if (comma == std::string::npos) comma = shapes.size();
-        const std::string item = shapes.substr(pos, comma - pos);
-        pos = comma + 1;
-        const int B = std::atoi(item.c_str());
-        const int L = std::atoi(item.c_str() + item.find(':') + 1);
-
-        const int pages_per_seq = (L + PS - 1) / PS;
-        const int num_pages = B * pages_per_seq;
+    for (const auto& [B, L] : a4j_bench::parse_shapes(shapes)) {
+        const a4j_bench::PageTable pt(B, L, PS, !ordered);
+        const int num_pages = pt.num_pages;
         const size_t pool_elems = size_t(num_pages) * HKV * PS * D;
         const double kv_bytes = double(B) * L * HKV * D * 2 * 2;
         const int nrot = std::max<int>(2, int((256e6 + 2.0 * pool_elems * 2 - 1) / (2.0 * pool_elems * 2)));
@@ -125,17 +71,6 @@ int main(int argc, char** argv) {
             fill_bf16<<<1024, 256>>>(ks[r], pool_elems, 17u + r);
             fill_bf16<<<1024, 256>>>(vs[r], pool_elems, 91u + r);
         }
-        std::vector<int> indptr(B + 1), last(B, L - (pages_per_seq - 1) * PS), indices(num_pages);
-        for (int b = 0; b <= B; ++b) indptr[b] = b * pages_per_seq;
-        std::iota(indices.begin(), indices.end(), 0);
-        if (!ordered) std::shuffle(indices.begin(), indices.end(), std::mt19937(1234));
-        int *d_indptr, *d_indices, *d_last;
-        CK(cudaMalloc(&d_indptr, indptr.size() * 4));
-        CK(cudaMalloc(&d_indices, indices.size() * 4));
-        CK(cudaMalloc(&d_last, last.size() * 4));
-        CK(cudaMemcpy(d_indptr, indptr.data(), indptr.size() * 4, cudaMemcpyHostToDevice));
-        CK(cudaMemcpy(d_indices, indices.data(), indices.size() * 4, cudaMemcpyHostToDevice));
-        CK(cudaMemcpy(d_last, last.data(), last.size() * 4, cudaMemcpyHostToDevice));
         uint16_t *dq, *dout;
         float* dlse;
         CK(cudaMalloc(&dq, size_t(B) * HQO * D * 2));
@@ -157,39 +92,16 @@ int main(int argc, char** argv) {
         tuning.min_chunk_tokens = min_chunk;
         auto kernel = cuda::make_decode_kernel(desc, 0, tuning);
 
-        DecodeArgs a;
-        a.shape = {HQO, HKV, D, desc.sm_scale, false};
-        a.q = {dq, ATTN4J_DTYPE_BF16, HQO * D, D};
-        a.out = {dout, ATTN4J_DTYPE_BF16, HQO * D, D};
-        a.lse = {dlse, HQO, 1};
-        a.kv.dtype = ATTN4J_DTYPE_BF16;
-        a.kv.num_kv_heads = HKV;
-        a.kv.head_dim = D;
-        a.kv.page_size = PS;
-        a.kv.num_pages = num_pages;
-        a.table = {B, d_indptr, d_indices, d_last};
+        DecodeArgs a = a4j_bench::bench_args(B, HQO, HKV, D, desc.sm_scale, ATTN4J_DTYPE_BF16, PS, pt, dq, dout, dlse);
 
         cudaStream_t s;
         CK(cudaStreamCreate(&s));
-        std::vector<cudaEvent_t> ev(2 * reps);
-        for (auto& e : ev) CK(cudaEventCreate(&e));
-        for (int i = 0; i < 20; ++i) {
+        const std::vector<float> t = a4j_bench::time_runs(s, 20, reps, [&](int i) {
             a.kv.k = ks[i % nrot];
             a.kv.v = vs[i % nrot];
             CK(kernel->run(a, s));
-        }
-        for (int i = 0; i < reps; ++i) {
-            a.kv.k = ks[i % nrot];
-            a.kv.v = vs[i % nrot];
-            CK(cudaEventRecord(ev[2 * i], s));
-            CK(kernel->run(a, s));
-            CK(cudaEventRecord(ev[2 * i + 1], s));
-        }
-        CK(cudaStreamSynchronize(s));
-        std::vector<float> t(reps);
-        for (int i = 0; i < reps; ++i) CK(cudaEventElapsedTime(&t[i], ev[2 * i], ev[2 * i + 1]));
-        const double med_us = median(t) * 1e3;
-        const double min_us = *std::min_element(t.begin(), t.end()) * 1e3;
+        });
+        const auto [med_us, min_us] = a4j_bench::median_min_us(t);
         const double tbs = kv_bytes / (med_us * 1e-6) / 1e12;
         // CUDA graph of kGraphRuns runs (rotating KV): time per run without host launch gaps.
         constexpr int kGraphRuns = 20;
@@ -203,16 +115,8 @@ int main(int argc, char** argv) {
         }
         CK(cudaStreamEndCapture(s, &graph));
         CK(cudaGraphInstantiate(&exec, graph, 0));
-        for (int i = 0; i < 3; ++i) CK(cudaGraphLaunch(exec, s));
-        const int greps = std::max(5, reps / 10);
-        for (int i = 0; i < greps; ++i) {
-            CK(cudaEventRecord(ev[2 * i], s));
-            CK(cudaGraphLaunch(exec, s));
-            CK(cudaEventRecord(ev[2 * i + 1], s));
-        }
-        CK(cudaStreamSynchronize(s));
-        std::vector<float> tg(greps);
-        for (int i = 0; i < greps; ++i) CK(cudaEventElapsedTime(&tg[i], ev[2 * i], ev[2 * i + 1]));
+        const std::vector<float> tg = a4j_bench::time_runs(s, 3, std::max(5, reps / 10),
+                                                           [&](int) { CK(cudaGraphLaunch(exec, s)); });
         const double graph_us = median(tg) * 1e3 / kGraphRuns;
         CK(cudaGraphExecDestroy(exec));
         CK(cudaGraphDestroy(graph));
@@ -228,23 +132,16 @@ int main(int argc, char** argv) {
         json += line;
         first = false;
 
-        for (auto& e : ev) CK(cudaEventDestroy(e));
         CK(cudaStreamDestroy(s));
         kernel.reset();
         for (int r = 0; r < nrot; ++r) {
             CK(cudaFree(ks[r]));
             CK(cudaFree(vs[r]));
         }
-        for (void* p : {(void*)d_indptr, (void*)d_indices, (void*)d_last, (void*)dq, (void*)dout, (void*)dlse})
+        for (void* p : {(void*)dq, (void*)dout, (void*)dlse})
             CK(cudaFree(p));
     }
     json += "\n  ]\n}\n";
-    if (!json_path.empty()) {
-        FILE* f = std::fopen(json_path.c_str(), "w");
-        if (f) {
-            std::fputs(json.c_str(), f);
-            std::fclose(f);
-        }
-    }
+    a4j_bench::write_file(json_path, json);
     return 0;
 }

@@ -12,7 +12,7 @@
 // Usage: bench_cuda_quant_decode [--json PATH] [--reps N] [--shapes b:L,...] [--diag 0|1]
 #include <cuda_runtime.h>
 
-#include "cuda_test.h"
+#include "cuda_bench.h"
 
 #include <algorithm>
 #include <cmath>
@@ -20,8 +20,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <numeric>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -30,26 +28,11 @@
 #include "cuda/decode_quant.cuh"
 
 using namespace attn4j;
+using a4j_bench::fill_bf16;
+using a4j_bench::hash32;
+using a4j_bench::median;
 
 namespace {
-
-__device__ __forceinline__ uint32_t hash32(uint32_t x) {
-    x ^= x >> 16;
-    x *= 0x7feb352du;
-    x ^= x >> 15;
-    x *= 0x846ca68bu;
-    x ^= x >> 16;
-    return x;
-}
-
-// BF16 pool: values uniform in about [-2, 2).
-__global__ void fill_bf16(uint16_t* p, size_t n, uint32_t seed) {
-    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
-        const uint32_t x = hash32(uint32_t(i) * 2654435761u ^ seed);
-        const uint32_t sign = (x & 1u) << 15, exp = 126u + ((x >> 1) % 2u), man = (x >> 8) & 0x7Fu;
-        p[i] = uint16_t(sign | (exp << 7) | man);
-    }
-}
 
 // Quantized pool of [blocks] of (codes [code_region bytes], F32 meta {scale, zero}...): random
 // codes, scale in [0.5, 1.5] * 4 / max_code, zero in [-2.5, -1.5].
@@ -66,35 +49,6 @@ __global__ void fill_quant(uint32_t* p, size_t words, int block_words, int code_
             p[i] = __float_as_uint(v);
         }
     }
-}
-
-double median(std::vector<float> v) {
-    std::sort(v.begin(), v.end());
-    return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
-}
-
-double copy_bandwidth() {
-    const size_t bytes = size_t(1) << 30;
-    void *a, *b;
-    CK(cudaMalloc(&a, bytes));
-    CK(cudaMalloc(&b, bytes));
-    CK(cudaMemset(a, 1, bytes));
-    cudaEvent_t e0, e1;
-    CK(cudaEventCreate(&e0));
-    CK(cudaEventCreate(&e1));
-    std::vector<float> t;
-    for (int i = 0; i < 12; ++i) {
-        CK(cudaEventRecord(e0));
-        CK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice));
-        CK(cudaEventRecord(e1));
-        CK(cudaEventSynchronize(e1));
-        float ms;
-        CK(cudaEventElapsedTime(&ms, e0, e1));
-        if (i >= 2) t.push_back(ms);
-    }
-    CK(cudaFree(a));
-    CK(cudaFree(b));
-    return 2.0 * bytes / (median(t) * 1e-3) / 1e12;
 }
 
 }  // namespace
@@ -116,7 +70,7 @@ int main(int argc, char** argv) {
     }
     cudaDeviceProp prop{};
     CK(cudaGetDeviceProperties(&prop, 0));
-    const double copy_tbs = copy_bandwidth();
+    const double copy_tbs = a4j_bench::copy_bandwidth();
     const int HQO = 32, HKV = 8, D = 128, PS = 16, GS = 128;
     std::printf("device %s, %d SMs, L2 %d MB; D2D copy %.2f TB/s (read+write); page %d shuffled, G %d F32 meta, "
                 "Hadamard; %d reps\n",
@@ -129,23 +83,9 @@ int main(int argc, char** argv) {
     bool first = true;
     std::printf("%6s %8s %15s %7s %10s %10s %8s %9s\n", "batch", "seq_len", "kv", "chunks", "median_us", "min_us",
                 "TB/s", "vs_bf16");
-    size_t pos = 0;
-    while (pos < shapes.size()) {
-        size_t comma = shapes.find(',', pos);
-        if (comma == std::string::npos) comma = shapes.size();
-        const std::string item = shapes.substr(pos, comma - pos);
-        pos = comma + 1;
-        const int B = std::atoi(item.c_str());
-        const int L = std::atoi(item.c_str() + item.find(':') + 1);
-        const int pages_per_seq = (L + PS - 1) / PS;
-        const int num_pages = B * pages_per_seq;
-        std::vector<int> indptr(B + 1), last(B, L - (pages_per_seq - 1) * PS), indices(num_pages);
-        for (int b = 0; b <= B; ++b) indptr[b] = b * pages_per_seq;
-        std::iota(indices.begin(), indices.end(), 0);
-        std::shuffle(indices.begin(), indices.end(), std::mt19937(1234));
-        int* d_indptr = a4j_test::to_device(indptr);
-        int* d_indices = a4j_test::to_device(indices);
-        int* d_last = a4j_test::to_device(last);
+    for (const auto& [B, L] : a4j_bench::parse_shapes(shapes)) {
+        const a4j_bench::PageTable pt(B, L, PS, true);
+        const int num_pages = pt.num_pages;
         uint16_t *dq, *dout;
         float* dlse;
         CK(cudaMalloc(&dq, size_t(B) * HQO * D * 2));
@@ -206,45 +146,21 @@ int main(int argc, char** argv) {
             auto kernel = bits == 16 ? cuda::make_decode_kernel(desc, 0) : cuda::make_quant_decode_kernel(desc, 0);
             unsetenv("ATTN4J_CUDA_QDECODE");
 
-            DecodeArgs a;
-            a.shape = {HQO, HKV, D, desc.sm_scale, false};
-            a.q = {dq, ATTN4J_DTYPE_BF16, HQO * D, D};
-            a.out = {dout, ATTN4J_DTYPE_BF16, HQO * D, D};
-            a.lse = {dlse, HQO, 1};
-            a.kv.dtype = desc.kv_dtype;
-            a.kv.num_kv_heads = HKV;
-            a.kv.head_dim = D;
-            a.kv.page_size = PS;
-            a.kv.num_pages = num_pages;
+            DecodeArgs a = a4j_bench::bench_args(B, HQO, HKV, D, desc.sm_scale, desc.kv_dtype, PS, pt, dq, dout, dlse);
             if (bits != 16) {
                 a.kv.quant = f;
                 a.kv.k_rot.kind = ATTN4J_ROTATION_HADAMARD;
                 a.kv.v_rot.kind = ATTN4J_ROTATION_HADAMARD;
             }
-            a.table = {B, d_indptr, d_indices, d_last};
 
             cudaStream_t s;
             CK(cudaStreamCreate(&s));
-            std::vector<cudaEvent_t> ev(2 * reps);
-            for (auto& e : ev) CK(cudaEventCreate(&e));
-            for (int i = 0; i < 20; ++i) {
+            const std::vector<float> t = a4j_bench::time_runs(s, 20, reps, [&](int i) {
                 a.kv.k = ks[i % nrot];
                 a.kv.v = vs[i % nrot];
                 CK(kernel->run(a, s));
-            }
-            for (int i = 0; i < reps; ++i) {
-                a.kv.k = ks[i % nrot];
-                a.kv.v = vs[i % nrot];
-                CK(cudaEventRecord(ev[2 * i], s));
-                CK(kernel->run(a, s));
-                CK(cudaEventRecord(ev[2 * i + 1], s));
-            }
-            CK(cudaStreamSynchronize(s));
-            CK(cudaGetLastError());
-            std::vector<float> t(reps);
-            for (int i = 0; i < reps; ++i) CK(cudaEventElapsedTime(&t[i], ev[2 * i], ev[2 * i + 1]));
-            const double med_us = median(t) * 1e3;
-            const double min_us = *std::min_element(t.begin(), t.end()) * 1e3;
+            });
+            const auto [med_us, min_us] = a4j_bench::median_min_us(t);
             const double tbs = kv_bytes / (med_us * 1e-6) / 1e12;
             if (bits == 16) bf16_us = med_us;
             const double speedup = bf16_us / med_us;
@@ -261,27 +177,17 @@ int main(int argc, char** argv) {
                           B, L, name.c_str(), TB, kernel->num_chunks(B), med_us, min_us, tbs, speedup, nrot);
             json += (first ? "" : ",\n") + std::string(row);
             first = false;
-            for (auto& e : ev) CK(cudaEventDestroy(e));
             CK(cudaStreamDestroy(s));
             for (int r = 0; r < nrot; ++r) {
                 CK(cudaFree(ks[r]));
                 CK(cudaFree(vs[r]));
             }
         }
-        CK(cudaFree(d_indptr));
-        CK(cudaFree(d_indices));
-        CK(cudaFree(d_last));
         CK(cudaFree(dq));
         CK(cudaFree(dout));
         CK(cudaFree(dlse));
     }
     json += "\n  ]\n}\n";
-    if (!json_path.empty()) {
-        FILE* fp = std::fopen(json_path.c_str(), "w");
-        if (fp) {
-            std::fputs(json.c_str(), fp);
-            std::fclose(fp);
-        }
-    }
+    a4j_bench::write_file(json_path, json);
     return 0;
 }

@@ -384,6 +384,12 @@ int main(int argc, char** argv) {
         c.mode = "old";
         list.push_back(c);
     }
+    {  // old kernel, generic dequantization (G < D) and per-head matrix rotations on both sides
+        Case c{64, 32, 8, ATTN4J_DTYPE_F16, ATTN4J_ROTATION_MATRIX, ATTN4J_ROTATION_MATRIX, 3, 8, 16,
+               {std::min(max_len, 1500), 33}, ATTN4J_DTYPE_F16, ATTN4J_DTYPE_F32, true, 0, false};
+        c.mode = "old";
+        list.push_back(c);
+    }
     std::mt19937_64 rng(seed);
     auto pick = [&](int k) { return int(rng() % uint64_t(k)); };
     const attn4j_dtype fl[3] = {ATTN4J_DTYPE_F32, ATTN4J_DTYPE_F16, ATTN4J_DTYPE_BF16};

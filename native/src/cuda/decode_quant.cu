@@ -15,10 +15,14 @@
 //    The head-dim order inside an mma is permuted to follow the bytes a thread holds (the query
 //    fragment and the output rows are permuted to match), and every thread's bytes of a token lie
 //    in one quantization group, so each half2 needs one {scale, zero};
-//  - online softmax in base 2 in f32, warps merged through shared memory; the output of the
-//    chunk is rotated back (o = õ R_v^T: in-block FWHT or matrix) before it is written, so the
-//    LSE merge of chunks stays the plain one (rotation is linear and merge weights sum to 1);
-//  - q is rotated (q R_k) and scaled in the prologue, converted to f16 mma fragments once.
+//  - online softmax in base 2 in f32 (slice_math, shared by both kernels);
+//  - prologue and epilogue are per warp (warp_query / warp_epilogue, shared): each warp loads its
+//    8 query rows into registers (all loads in flight), rotates them (q R_k: in-register FWHT with
+//    xor shuffles, or the matrix), scales them and builds its f16 fragments with no block barrier;
+//    at the end the warps' partials go through shared memory, the first warp of each head merges
+//    them (one block barrier, none when a head has one warp), normalises and rotates the rows
+//    back (o = õ R_v^T) before writing, so the LSE merge of chunks stays the plain one (rotation
+//    is linear and merge weights sum to 1).
 #include "cuda/decode_quant.cuh"
 
 #include <cuda_bf16.h>
@@ -30,39 +34,24 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <type_traits>
 
 #include "core/error.h"
+#include "cuda/decode_common.cuh"
 
 namespace attn4j::cuda {
 namespace {
 
+using namespace detail;
+
 constexpr int kThreads = 128;
 constexpr int kWarps = 4;
 constexpr int kTT = 64;  // tokens per stage (16 per warp)
-constexpr int kGT = 8;   // query heads per CTA
-constexpr float kLn2 = 0.6931471805599453f;
-constexpr float kLog2e = 1.4426950408889634f;
+constexpr int kGT = 8;   // query heads per CTA (qdecode_kernel) / per kv head (qdecode_pages_kernel)
 
-struct QParams {
-    const void* q;
-    int64_t q_row, q_head;
-    void* out;
-    int64_t o_row, o_head;
-    float* lse;
-    int64_t lse_row, lse_head;
+struct QParams : DecodeParamsBase {
     const uint8_t* k;
     const uint8_t* v;
-    const int* indptr;
-    const int* indices;
-    const int* last_page_len;
-    float* ws_o;
-    float* ws_lse;
-    float scale_log2;
-    int q_dtype, out_dtype;
-    int batch, num_qo_heads, num_kv_heads, group, num_head_tiles;
-    int page_size, page_shift;
-    int num_chunks, min_chunk_pages;
-    int head_dim;
     // quantized page geometry
     int G, n;           // group size, code bytes per group
     int meta_f16;       // 1: F16 meta
@@ -87,50 +76,9 @@ struct Cfg {
     static constexpr int STAGES = FAST ? (BITS == 2 ? 9 : BITS == 4 ? 5 : 3) : (BITS == 2 ? 6 : BITS == 4 ? 5 : 3);
     static constexpr int STAGE_BYTES = kTT * 2 * (CB + MBMAX);
     static constexpr int PIPE = STAGES * STAGE_BYTES;
-    static constexpr int EPI = (kWarps * kGT * D + 2 * kWarps * kGT + 2 * kGT * D + kGT) * 4;
+    static constexpr int EPI = (kWarps * kGT * D + 2 * kWarps * kGT) * 4;  // also holds the query rows
     static constexpr int SMEM = PIPE > EPI ? PIPE : EPI;
 };
-
-__device__ __forceinline__ float ex2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-
-__device__ __forceinline__ void chunk_geometry(int np, int num_chunks, int min_pages, int& per, int& used) {
-    per = max((np + num_chunks - 1) / num_chunks, min_pages);
-    used = (np + per - 1) / per;
-}
-
-__device__ __forceinline__ float load_elem(const void* p, int dt, int64_t i) {
-    if (dt == ATTN4J_DTYPE_F32) return static_cast<const float*>(p)[i];
-    if (dt == ATTN4J_DTYPE_F16) return __half2float(static_cast<const __half*>(p)[i]);
-    return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
-}
-
-__device__ __forceinline__ void store_elem(void* p, int dt, int64_t i, float v) {
-    if (dt == ATTN4J_DTYPE_F32) static_cast<float*>(p)[i] = v;
-    else if (dt == ATTN4J_DTYPE_F16) static_cast<__half*>(p)[i] = __float2half_rn(v);
-    else static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v);
-}
-
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
-    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async4(void* smem, const void* gmem, bool valid) {
-    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(gmem), "r"(valid ? 4 : 0));
-}
-__device__ __forceinline__ void cp_async8(void* smem, const void* gmem, bool valid) {
-    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(s), "l"(gmem), "r"(valid ? 8 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
 
 __device__ __forceinline__ uint32_t pack_h2(float lo, float hi) {
     uint32_t r;
@@ -221,43 +169,380 @@ __device__ __forceinline__ void load_meta(const uint8_t* row, int g, int f16, fl
     }
 }
 
+template <int U>
+__device__ __forceinline__ void cp_async(void* smem, const void* gmem, bool valid) {
+    if constexpr (U == 16) cp_async16(smem, gmem, valid);
+    else if constexpr (U == 8) cp_async8(smem, gmem, valid);
+    else cp_async4(smem, gmem, valid);
+}
+__host__ __device__ constexpr int ilog2c(int x) { return x <= 1 ? 0 : 1 + ilog2c(x / 2); }
+
 // Head-dim index of plane k of code byte `beta` of a token (planar packing, n bytes per group).
 __device__ __forceinline__ int dmap(int beta, int k, int n, int G) { return (beta / n) * G + beta % n + k * n; }
 
-// Rows x[kGT][D] in shared memory times R (inverse: times R^T); block-wide, ends with a barrier.
-// Returns where the result is (x itself for NONE / HADAMARD, whose 1/sqrt(D) the caller applies).
+// FAST: V's reference scale (first token of the chunk) that keeps P * s in the f16 normal range.
+__device__ __forceinline__ void fast_ref_scale(const QParams& p, int kvh, int page0, float& s_ref, float& inv_sref) {
+    const uint8_t* m0 = p.v + int64_t(kvh) * p.head_stride + int64_t(page0) * p.page_stride + p.meta_off;
+    const float sr = p.meta_f16 ? __half2float(*reinterpret_cast<const __half*>(m0)) : *reinterpret_cast<const float*>(m0);
+    s_ref = 1.f;
+    inv_sref = 1.f;
+    if (sr > 0.f && sr < 3.0e38f) {
+        s_ref = sr;
+        inv_sref = 1.f / sr;
+    }
+}
+
+// ---- one warp's rows: kGT rows of D values, lane holds d = lane * E + e (E = D / 32).
+
+// In-warp fast Walsh-Hadamard transform of each row (unnormalised): strides < E in registers,
+// the others with xor shuffles.
 template <int D>
-__device__ float* rotate_rows(float* x, float* tmp, int kind, const float* R, bool inverse) {
-    if (kind == ATTN4J_ROTATION_HADAMARD) {
-        for (int len = 1; len < D; len <<= 1) {
-            for (int idx = threadIdx.x; idx < kGT * D / 2; idx += kThreads) {
-                const int h = idx / (D / 2), kk = idx % (D / 2);
-                const int i = (kk / len) * 2 * len + kk % len;
-                float* r = x + h * D;
-                const float a = r[i], b = r[i + len];
-                r[i] = a + b;
-                r[i + len] = a - b;
+__device__ __forceinline__ void warp_fwht(float (&x)[kGT][D / 32], int lane) {
+    constexpr int E = D / 32;
+#pragma unroll
+    for (int len = 1; len < E; len <<= 1) {
+#pragma unroll
+        for (int r = 0; r < kGT; ++r) {
+#pragma unroll
+            for (int e = 0; e < E; ++e) {
+                if ((e & len) == 0) {
+                    const float a = x[r][e], b = x[r][e + len];
+                    x[r][e] = a + b;
+                    x[r][e + len] = a - b;
+                }
             }
-            __syncthreads();
         }
-        return x;
     }
-    if (kind == ATTN4J_ROTATION_MATRIX) {
-        for (int idx = threadIdx.x; idx < kGT * D; idx += kThreads) {
-            const int h = idx / D, j = idx % D;
-            const float* r = x + h * D;
-            float acc = 0.f;
-            if (inverse) {
-                for (int i = 0; i < D; ++i) acc = fmaf(r[i], __ldg(R + j * D + i), acc);
-            } else {
-                for (int i = 0; i < D; ++i) acc = fmaf(r[i], __ldg(R + i * D + j), acc);
+#pragma unroll
+    for (int m = 1; m < 32; m <<= 1) {
+        const bool hi = (lane & m) != 0;
+#pragma unroll
+        for (int r = 0; r < kGT; ++r) {
+#pragma unroll
+            for (int e = 0; e < E; ++e) {
+                const float o = __shfl_xor_sync(0xffffffffu, x[r][e], m);
+                x[r][e] = hi ? o - x[r][e] : x[r][e] + o;
             }
-            tmp[idx] = acc;
         }
-        __syncthreads();
-        return tmp;
     }
-    return x;
+}
+
+// x = rows xs[kGT][D] (this warp's shared rows) times R (inverse: times R^T).
+template <int D>
+__device__ __forceinline__ void warp_matmul(const float* xs, const float* R, bool inverse, float (&x)[kGT][D / 32],
+                                            int lane) {
+    constexpr int E = D / 32;
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+        const int j = lane * E + e;
+        float acc[kGT];
+#pragma unroll
+        for (int r = 0; r < kGT; ++r) acc[r] = 0.f;
+        for (int i = 0; i < D; ++i) {
+            const float rv = inverse ? __ldg(R + j * D + i) : __ldg(R + i * D + j);
+#pragma unroll
+            for (int r = 0; r < kGT; ++r) acc[r] = fmaf(xs[r * D + i], rv, acc[r]);
+        }
+#pragma unroll
+        for (int r = 0; r < kGT; ++r) x[r][e] = acc[r];
+    }
+}
+
+// Query prologue of one warp, no block barrier: query heads g0 + r (r < kGT) of kv head kvh are
+// loaded into registers (every load issued before any use), rotated by R_k, scaled, and staged in
+// the warp's shared rows qs[kGT][D] to build the f16 A fragments (rows 8..15 zero) in the
+// head-dim order of the code bytes; FAST: qsum = sum of row gid's f16 query values.
+template <int D, int P, int KR, bool FAST>
+__device__ __forceinline__ void warp_query(const QParams& p, int b, int kvh, int g0, bool active, float* qs,
+                                           uint32_t (&qa)[D / 16][2], float& qsum) {
+    constexpr int E = D / 32;
+    const int lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
+    float x[kGT][E];
+#pragma unroll
+    for (int r = 0; r < kGT; ++r) {
+        const int gh = g0 + r;
+        const bool ok = active && gh < p.group;
+        const int64_t base = int64_t(b) * p.q_row + int64_t(kvh * p.group + gh) * p.q_head + lane * E;
+#pragma unroll
+        for (int e = 0; e < E; ++e) x[r][e] = ok ? load_elem(p.q, p.q_dtype, base + e) : 0.f;
+    }
+    float sc = p.scale_log2;
+    if (p.k_rot == ATTN4J_ROTATION_HADAMARD) {
+        warp_fwht<D>(x, lane);
+        sc *= rsqrtf(float(D));
+    } else if (p.k_rot == ATTN4J_ROTATION_MATRIX) {
+#pragma unroll
+        for (int r = 0; r < kGT; ++r)
+#pragma unroll
+            for (int e = 0; e < E; ++e) qs[r * D + lane * E + e] = x[r][e];
+        __syncwarp();
+        warp_matmul<D>(qs, p.k_mat + int64_t(kvh) * D * D, false, x, lane);
+        __syncwarp();
+    }
+#pragma unroll
+    for (int r = 0; r < kGT; ++r) {
+        float t = 0.f;
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+            x[r][e] *= sc;
+            qs[r * D + lane * E + e] = x[r][e];
+            if constexpr (FAST) t += __half2float(__float2half_rn(x[r][e]));
+        }
+        if constexpr (FAST) {
+#pragma unroll
+            for (int off = 16; off > 0; off >>= 1) t += __shfl_xor_sync(0xffffffffu, t, off);
+            if (r == gid) qsum = t;
+        }
+    }
+    __syncwarp();
+    const int n = p.n, G = p.G;
+    const float* row = qs + gid * D;
+#pragma unroll
+    for (int s = 0; s < D / 16; ++s) {
+        const int i = s / P, k = s % P;
+        const int B = tig * KR + 4 * i;
+        qa[s][0] = pack_h2(row[dmap(B + 0, k, n, G)], row[dmap(B + 2, k, n, G)]);
+        qa[s][1] = pack_h2(row[dmap(B + 1, k, n, G)], row[dmap(B + 3, k, n, G)]);
+    }
+}
+
+// Online-softmax state of one warp: o[mt][0..1] = (d of e = 2 mt, heads 2 tig, 2 tig + 1),
+// [2..3]: e = 2 mt + 1; m, l, pz of head gid.
+template <int D>
+struct WarpState {
+    float o[D / 16][4];
+    float m, l, pz;
+    __device__ __forceinline__ void init() {
+#pragma unroll
+        for (int mt = 0; mt < D / 16; ++mt) o[mt][0] = o[mt][1] = o[mt][2] = o[mt][3] = 0.f;
+        m = -INFINITY;
+        l = 0.f;
+        pz = 0.f;
+    }
+};
+
+// The math of one 16-token slice of one warp (tokens tok0 + r, r < 16; kcode / kmeta / vcode /
+// vmeta(r): shared-memory rows of token r). Scores S[head gid][tokens 8 nt + 2 tig + {0, 1}] by
+// mma over the dequantized K codes, online softmax, then O^T += V^T P^T. Tokens >= chunk_len are
+// masked (their V meta zeroed: the page data past the sequence end may be anything).
+template <int D, int BITS, bool FAST, class KC, class KM, class VC, class VM>
+__device__ __forceinline__ void slice_math(WarpState<D>& st, const uint32_t (&qa)[D / 16][2], float qsum,
+                                           float inv_sref, int tok0, int chunk_len, int meta_f16, int gk, int gv,
+                                           KC kcode, KM kmeta, VC vcode, VM vmeta) {
+    constexpr int CB = D * BITS / 8, P = 8 / BITS, KR = CB / 4, VR = CB / 8, NKS = D / 16;
+    const int lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
+    float sacc[2][4];
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+        const int row = gid + 8 * nt;
+        uint32_t s2 = 0, z2 = 0;
+        if constexpr (!FAST) {
+            float s, z;
+            load_meta(kmeta(row), gk, meta_f16, s, z);
+            s2 = pack_h2(s, s);
+            z2 = pack_h2(z, z);
+        }
+        uint32_t w[KR / 4];
+        load_words<KR>(kcode(row) + tig * KR, w);
+        sacc[nt][0] = sacc[nt][1] = sacc[nt][2] = sacc[nt][3] = 0.f;
+#pragma unroll
+        for (int i = 0; i < KR / 4; ++i) {
+            const uint32_t x0 = w[i], x1 = w[i] >> 8;
+#pragma unroll
+            for (int k = 0; k < P; ++k) {
+                uint32_t lo, hi;
+                if (k == 0) { lo = dqx<BITS, 0, FAST>(x0, s2, z2); hi = dqx<BITS, 0, FAST>(x1, s2, z2); }
+                else if (k == 1) { lo = dqx<BITS, (P > 1 ? 1 : 0), FAST>(x0, s2, z2); hi = dqx<BITS, (P > 1 ? 1 : 0), FAST>(x1, s2, z2); }
+                else if (k == 2) { lo = dqx<BITS, (P > 2 ? 2 : 0), FAST>(x0, s2, z2); hi = dqx<BITS, (P > 2 ? 2 : 0), FAST>(x1, s2, z2); }
+                else { lo = dqx<BITS, (P > 3 ? 3 : 0), FAST>(x0, s2, z2); hi = dqx<BITS, (P > 3 ? 3 : 0), FAST>(x1, s2, z2); }
+                mma16816(sacc[nt], qa[i * P + k][0], 0u, qa[i * P + k][1], 0u, lo, hi);
+            }
+        }
+    }
+    float sv[4] = {sacc[0][0], sacc[0][1], sacc[1][0], sacc[1][1]};
+    bool inval[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) inval[u] = tok0 + (u >> 1) * 8 + 2 * tig + (u & 1) >= chunk_len;
+    float vs_t[4], vz_t[4];  // FAST: V {scale, zero} of this thread's 4 tokens
+    if constexpr (FAST) {
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+            const int r = (u >> 1) * 8 + 2 * tig + (u & 1);
+            float s, z;
+            load_meta(kmeta(r), 0, meta_f16, s, z);
+            sv[u] = fmaf(s, sv[u], z * qsum);
+            load_meta(vmeta(r), 0, meta_f16, vs_t[u], vz_t[u]);
+            if (inval[u]) vs_t[u] = vz_t[u] = 0.f;
+        }
+    }
+#pragma unroll
+    for (int u = 0; u < 4; ++u)
+        if (inval[u]) sv[u] = -INFINITY;
+    float mx = fmaxf(fmaxf(sv[0], sv[1]), fmaxf(sv[2], sv[3]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float mnew = fmaxf(st.m, mx);
+    if (__any_sync(0xffffffffu, mnew > st.m)) {
+        const float alpha = mnew == -INFINITY ? 1.f : ex2(st.m - mnew);
+        st.l *= alpha;
+        st.pz *= alpha;
+        const float a0 = __shfl_sync(0xffffffffu, alpha, (2 * tig) * 4);
+        const float a1 = __shfl_sync(0xffffffffu, alpha, (2 * tig + 1) * 4);
+#pragma unroll
+        for (int mt = 0; mt < NKS; ++mt) {
+            st.o[mt][0] *= a0;
+            st.o[mt][1] *= a1;
+            st.o[mt][2] *= a0;
+            st.o[mt][3] *= a1;
+        }
+        st.m = mnew;
+    }
+    const float ms = st.m == -INFINITY ? 0.f : st.m;
+    float pv[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+        pv[u] = ex2(sv[u] - ms);
+        st.l += pv[u];
+    }
+    uint32_t pb0, pb1;
+    if constexpr (FAST) {
+#pragma unroll
+        for (int u = 0; u < 4; ++u) st.pz = fmaf(pv[u], vz_t[u], st.pz);
+        pb0 = pack_h2(pv[0] * (vs_t[0] * inv_sref), pv[1] * (vs_t[1] * inv_sref));
+        pb1 = pack_h2(pv[2] * (vs_t[2] * inv_sref), pv[3] * (vs_t[3] * inv_sref));
+    } else {
+        pb0 = pack_h2(pv[0], pv[1]);
+        pb1 = pack_h2(pv[2], pv[3]);
+    }
+
+    // ---- values: A fragments of V^T from token pairs (2 tig, 2 tig + 1), (+8, +9)
+    uint32_t vh[2][D / 8];
+#pragma unroll
+    for (int qq = 0; qq < 2; ++qq) {
+        const int ra = 2 * tig + 8 * qq;
+        uint32_t s2 = 0, z2 = 0;
+        if constexpr (!FAST) {
+            float sa, za, sbb, zb;
+            load_meta(vmeta(ra), gv, meta_f16, sa, za);
+            load_meta(vmeta(ra + 1), gv, meta_f16, sbb, zb);
+            if (inval[2 * qq]) sa = za = 0.f;
+            if (inval[2 * qq + 1]) sbb = zb = 0.f;
+            s2 = pack_h2(sa, sbb);
+            z2 = pack_h2(za, zb);
+        }
+        constexpr int NWV = VR >= 4 ? VR / 4 : 1;
+        uint32_t wa[NWV], wb[NWV];
+        load_words<VR>(vcode(ra) + gid * VR, wa);
+        load_words<VR>(vcode(ra + 1) + gid * VR, wb);
+#pragma unroll
+        for (int i = 0; i < NWV; ++i) {
+#pragma unroll
+            for (int hp = 0; hp < (VR >= 4 ? 2 : 1); ++hp) {
+                const uint32_t r = prmt(wa[i], wb[i], hp ? 0x7632u : 0x5410u);
+#pragma unroll
+                for (int bb = 0; bb < 2; ++bb) {
+                    const uint32_t x = bb ? r >> 8 : r;
+                    const int e0 = (4 * i + 2 * hp + bb) * P;
+                    vh[qq][e0] = dqx<BITS, 0, FAST>(x, s2, z2);
+                    if constexpr (P > 1) vh[qq][e0 + 1] = dqx<BITS, (P > 1 ? 1 : 0), FAST>(x, s2, z2);
+                    if constexpr (P > 2) vh[qq][e0 + 2] = dqx<BITS, (P > 2 ? 2 : 0), FAST>(x, s2, z2);
+                    if constexpr (P > 3) vh[qq][e0 + 3] = dqx<BITS, (P > 3 ? 3 : 0), FAST>(x, s2, z2);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int mt = 0; mt < NKS; ++mt)
+        mma16816(st.o[mt], vh[0][2 * mt], vh[0][2 * mt + 1], vh[1][2 * mt], vh[1][2 * mt + 1], pb0, pb1);
+}
+
+// Epilogue. Every active warp writes its partial (o, m, l of query heads g0 + r of kv head kvh)
+// to its slot of red_o [warps][kGT][D] / red_m / red_l [warps][kGT]; warp slot hl (the first of
+// the wph warps hl + i * khp of its head) merges them, normalises, rotates back by R_v
+// (o = õ R_v^T, linear, so the LSE merge of chunks stays the plain one) and emits the rows. With
+// one warp per head (wph == 1) no block barrier is taken. Called by every thread of the CTA.
+template <int D, int P, int VR, bool FAST>
+__device__ __forceinline__ void warp_epilogue(const QParams& p, int b, int c, int kvh, int g0, bool active, int hl,
+                                              int khp, int wph, float* red_o, float* red_m, float* red_l,
+                                              WarpState<D>& st, float s_ref) {
+    constexpr int E = D / 32;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
+    const int n = p.n, G = p.G;
+    float l = st.l, pz = st.pz;
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    pz += __shfl_xor_sync(0xffffffffu, pz, 1);
+    pz += __shfl_xor_sync(0xffffffffu, pz, 2);
+    // FAST: o = s_ref * (sum P' c) + sum p z, per column head 2 tig + {0, 1}
+    const float pz0 = __shfl_sync(0xffffffffu, pz, (2 * tig) * 4);
+    const float pz1 = __shfl_sync(0xffffffffu, pz, (2 * tig + 1) * 4);
+    if (active) {
+        float* slot = red_o + warp * kGT * D;
+#pragma unroll
+        for (int mt = 0; mt < D / 16; ++mt) {
+#pragma unroll
+            for (int rr = 0; rr < 2; ++rr) {
+                const int e = 2 * mt + rr;
+                const int d = dmap(gid * VR + e / P, e % P, n, G);
+                if constexpr (FAST) {
+                    slot[(2 * tig) * D + d] = fmaf(s_ref, st.o[mt][2 * rr], pz0);
+                    slot[(2 * tig + 1) * D + d] = fmaf(s_ref, st.o[mt][2 * rr + 1], pz1);
+                } else {
+                    slot[(2 * tig) * D + d] = st.o[mt][2 * rr];
+                    slot[(2 * tig + 1) * D + d] = st.o[mt][2 * rr + 1];
+                }
+            }
+        }
+        if (tig == 0) {
+            red_m[warp * kGT + gid] = st.m;
+            red_l[warp * kGT + gid] = l;
+        }
+    }
+    if (wph > 1) __syncthreads();  // CTA-uniform
+    else __syncwarp();
+    if (!active || warp != hl) return;
+    float x[kGT][E], lse2[kGT];
+#pragma unroll
+    for (int r = 0; r < kGT; ++r) {
+        float M = -INFINITY;
+        for (int i = 0; i < wph; ++i) M = fmaxf(M, red_m[(hl + i * khp) * kGT + r]);
+        const float Ms = M == -INFINITY ? 0.f : M;
+        float L = 0.f, acc[E];
+#pragma unroll
+        for (int e = 0; e < E; ++e) acc[e] = 0.f;
+        for (int i = 0; i < wph; ++i) {
+            const int w = hl + i * khp;
+            const float wt = ex2(red_m[w * kGT + r] - Ms);
+            L = fmaf(wt, red_l[w * kGT + r], L);
+#pragma unroll
+            for (int e = 0; e < E; ++e) acc[e] = fmaf(wt, red_o[(w * kGT + r) * D + lane * E + e], acc[e]);
+        }
+#pragma unroll
+        for (int e = 0; e < E; ++e) x[r][e] = L > 0.f ? acc[e] / L : 0.f;
+        lse2[r] = M + __log2f(L);
+    }
+    float vsc = 1.f;
+    if (p.v_rot == ATTN4J_ROTATION_HADAMARD) {
+        warp_fwht<D>(x, lane);
+        vsc = rsqrtf(float(D));
+    } else if (p.v_rot == ATTN4J_ROTATION_MATRIX) {
+        float* slot = red_o + warp * kGT * D;  // read by this warp alone
+        __syncwarp();
+#pragma unroll
+        for (int r = 0; r < kGT; ++r)
+#pragma unroll
+            for (int e = 0; e < E; ++e) slot[r * D + lane * E + e] = x[r][e];
+        __syncwarp();
+        warp_matmul<D>(slot, p.v_mat + int64_t(kvh) * D * D, true, x, lane);
+    }
+#pragma unroll
+    for (int r = 0; r < kGT; ++r) {
+        const int gh = g0 + r;
+        if (gh >= p.group) break;
+        const int qo = kvh * p.group + gh;
+#pragma unroll
+        for (int e = 0; e < E; ++e) emit_result(p, b, c, qo, lane * E + e, x[r][e] * vsc, lse2[r], lane == 0 && e == 0);
+    }
 }
 
 // FAST (one quantization group per token, G == head_dim): the mma operands are the exact codes;
@@ -268,77 +553,52 @@ template <int D, int BITS, bool FAST>
 __global__ void __launch_bounds__(kThreads) qdecode_kernel(const QParams p) {
     using C = Cfg<D, BITS, FAST>;
     constexpr int CB = C::CB, P = C::P, KR = C::KR, VR = C::VR, STAGES = C::STAGES;
-    constexpr int NKS = D / 16;  // k-slices of the score mma = m-tiles of the P.V mma
     extern __shared__ __align__(16) unsigned char smem[];
 
     const int c = blockIdx.x;
     const int kvh = blockIdx.y / p.num_head_tiles;
     const int tile = blockIdx.y - kvh * p.num_head_tiles;
     const int b = blockIdx.z;
-
-    const int page_beg = p.indptr[b];
-    const int np = p.indptr[b + 1] - page_beg;
-    int per, used;
-    chunk_geometry(np, p.num_chunks, p.min_chunk_pages, per, used);
-    if (c >= used) return;
-    const int pg0 = c * per;
-    const int pg1 = min(np, pg0 + per);
+    ChunkSpan span;
+    if (!chunk_span(p, b, c, span)) return;
     const int ps = p.page_size;
-    const int chunk_len = pg1 == np ? (pg1 - pg0 - 1) * ps + p.last_page_len[b] : (pg1 - pg0) * ps;
-    const int* pages = p.indices + page_beg + pg0;
+    const int chunk_len = span.len;
+    const int* pages = span.pages;
 
     const int tid = threadIdx.x;
     const int warp = tid >> 5, lane = tid & 31, gid = lane >> 2, tig = lane & 3;
     const int h0 = tile * kGT;
-    const int n = p.n, G = p.G;
+    const int n = p.n;
 
-    // ---- query: load, rotate by R_k, scale, build f16 A fragments (rows 8..15 are zero).
-    uint32_t qa[NKS][2];
+    uint32_t qa[D / 16][2];
     float qsum = 0.f;  // FAST: sum of head gid's f16 query
     float s_ref = 1.f, inv_sref = 1.f;
-    if constexpr (FAST) {
-        const uint8_t* m0 = p.v + int64_t(kvh) * p.head_stride + int64_t(pages[0]) * p.page_stride + p.meta_off;
-        const float sr = p.meta_f16 ? __half2float(*reinterpret_cast<const __half*>(m0)) : *reinterpret_cast<const float*>(m0);
-        if (sr > 0.f && sr < 3.0e38f) {
-            s_ref = sr;
-            inv_sref = 1.f / sr;
-        }
-    }
-    {
-        float* qs = reinterpret_cast<float*>(smem);
-        float* qt = qs + kGT * D;
-        for (int idx = tid; idx < kGT * D; idx += kThreads) {
-            const int h = idx / D, d = idx % D;
-            const int gh = h0 + h;
-            qs[idx] = gh < p.group
-                          ? load_elem(p.q, p.q_dtype, int64_t(b) * p.q_row + int64_t(kvh * p.group + gh) * p.q_head + d)
-                          : 0.f;
-        }
-        __syncthreads();
-        const float* qr = rotate_rows<D>(qs, qt, p.k_rot, p.k_mat ? p.k_mat + int64_t(kvh) * D * D : nullptr, false);
-        const float sc = p.scale_log2 * (p.k_rot == ATTN4J_ROTATION_HADAMARD ? rsqrtf(float(D)) : 1.f);
-#pragma unroll
-        for (int s = 0; s < NKS; ++s) {
-            const int i = s / P, k = s % P;
-            const int B = tig * KR + 4 * i;
-            const float* row = qr + gid * D;
-            qa[s][0] = pack_h2(row[dmap(B + 0, k, n, G)] * sc, row[dmap(B + 2, k, n, G)] * sc);
-            qa[s][1] = pack_h2(row[dmap(B + 1, k, n, G)] * sc, row[dmap(B + 3, k, n, G)] * sc);
-        }
-        if constexpr (FAST) {
-            for (int d = 0; d < D; ++d) qsum += __half2float(__float2half_rn(qr[gid * D + d] * sc));
-        }
-        __syncthreads();  // smem becomes the pipeline
-    }
-
+    if constexpr (FAST) fast_ref_scale(p, kvh, pages[0], s_ref, inv_sref);
+    warp_query<D, P, KR, FAST>(p, b, kvh, h0, true, reinterpret_cast<float*>(smem) + warp * kGT * D, qa, qsum);
+    __syncthreads();  // smem becomes the pipeline
     const uint8_t* kb = p.k + int64_t(kvh) * p.head_stride;
     const uint8_t* vb = p.v + int64_t(kvh) * p.head_stride;
     const int MB = p.MB;
 
-    auto token_off = [&](int j, int64_t& blk, int& slot) {
-        const int pi = p.page_shift >= 0 ? j >> p.page_shift : j / ps;
-        slot = j - pi * ps;
-        blk = int64_t(__ldg(pages + pi)) * p.page_stride;
+    // the copies of one stage, units of U bytes: unit u = piece u & (2^ush - 1) of token row
+    // u >> ush (row_bytes per token, at src_off + slot * row_bytes in the page); tokens past the
+    // chunk are zero-filled
+    auto copy_rows = [&](auto u_bytes, uint8_t* kd, uint8_t* vd, int j0, int nu, int ush, int row_bytes,
+                         int64_t src_off) {
+        constexpr int U = decltype(u_bytes)::value;
+        for (int u = tid; u < nu; u += kThreads) {
+            const int t = u >> ush, piece = u & ((1 << ush) - 1);
+            const int j = j0 + t;
+            const bool valid = j < chunk_len;
+            int64_t off = 0;
+            if (valid) {
+                const int pi = p.page_shift >= 0 ? j >> p.page_shift : j / ps;
+                const int slot = j - pi * ps;
+                off = int64_t(__ldg(pages + pi)) * p.page_stride + src_off + int64_t(slot) * row_bytes + piece * U;
+            }
+            cp_async<U>(kd + t * row_bytes + piece * U, kb + off, valid);
+            cp_async<U>(vd + t * row_bytes + piece * U, vb + off, valid);
+        }
     };
     auto issue = [&](int it, int s) {
         unsigned char* sb = smem + s * C::STAGE_BYTES;
@@ -347,69 +607,13 @@ __global__ void __launch_bounds__(kThreads) qdecode_kernel(const QParams p) {
         uint8_t* km = vc + kTT * CB;
         uint8_t* vm = km + kTT * C::MBMAX;
         const int j0 = it * kTT;
-        if (p.vec16) {
-            constexpr int UPT = CB / 16;
-#pragma unroll
-            for (int u = tid; u < kTT * UPT; u += kThreads) {
-                const int t = u / UPT, piece = u % UPT;
-                const int j = j0 + t;
-                const bool valid = j < chunk_len;
-                int64_t off = 0;
-                if (valid) {
-                    int slot;
-                    token_off(j, off, slot);
-                    off += int64_t(slot) * CB + piece * 16;
-                }
-                cp_async16(kc + t * CB + piece * 16, kb + off, valid);
-                cp_async16(vc + t * CB + piece * 16, vb + off, valid);
-            }
-        } else {
-            constexpr int UPT = CB / 4;
-            for (int u = tid; u < kTT * UPT; u += kThreads) {
-                const int t = u / UPT, piece = u % UPT;
-                const int j = j0 + t;
-                const bool valid = j < chunk_len;
-                int64_t off = 0;
-                if (valid) {
-                    int slot;
-                    token_off(j, off, slot);
-                    off += int64_t(slot) * CB + piece * 4;
-                }
-                cp_async4(kc + t * CB + piece * 4, kb + off, valid);
-                cp_async4(vc + t * CB + piece * 4, vb + off, valid);
-            }
-        }
-        if (p.meta8) {
-            const int nu = kTT * MB / 8;
-            for (int u = tid; u < nu; u += kThreads) {
-                const int t = u >> (p.mb_shift - 1), piece = u & ((MB >> 3) - 1);
-                const int j = j0 + t;
-                const bool valid = j < chunk_len;
-                int64_t off = 0;
-                if (valid) {
-                    int slot;
-                    token_off(j, off, slot);
-                    off += p.meta_off + int64_t(slot) * MB + piece * 8;
-                }
-                cp_async8(km + t * MB + piece * 8, kb + off, valid);
-                cp_async8(vm + t * MB + piece * 8, vb + off, valid);
-            }
-            return;
-        }
-        const int nu = kTT * MB / 4;
-        for (int u = tid; u < nu; u += kThreads) {
-            const int t = u >> p.mb_shift, piece = u & ((MB >> 2) - 1);
-            const int j = j0 + t;
-            const bool valid = j < chunk_len;
-            int64_t off = 0;
-            if (valid) {
-                int slot;
-                token_off(j, off, slot);
-                off += p.meta_off + int64_t(slot) * MB + piece * 4;
-            }
-            cp_async4(km + t * MB + piece * 4, kb + off, valid);
-            cp_async4(vm + t * MB + piece * 4, vb + off, valid);
-        }
+        constexpr int L16 = CB >= 16 ? ilog2c(CB / 16) : 0, L4 = ilog2c(CB / 4);
+        if (p.vec16) copy_rows(std::integral_constant<int, 16>{}, kc, vc, j0, kTT << L16, L16, CB, 0);
+        else copy_rows(std::integral_constant<int, 4>{}, kc, vc, j0, kTT << L4, L4, CB, 0);
+        if (p.meta8)
+            copy_rows(std::integral_constant<int, 8>{}, km, vm, j0, kTT * MB / 8, p.mb_shift - 1, MB, p.meta_off);
+        else
+            copy_rows(std::integral_constant<int, 4>{}, km, vm, j0, kTT * MB / 4, p.mb_shift, MB, p.meta_off);
     };
 
     const int ntiles = (chunk_len + kTT - 1) / kTT;
@@ -419,10 +623,8 @@ __global__ void __launch_bounds__(kThreads) qdecode_kernel(const QParams p) {
         cp_async_commit();
     }
 
-    float o[NKS][4];
-#pragma unroll
-    for (int mt = 0; mt < NKS; ++mt) o[mt][0] = o[mt][1] = o[mt][2] = o[mt][3] = 0.f;
-    float m = -INFINITY, l = 0.f, pz = 0.f;
+    WarpState<D> st;
+    st.init();
     const int gk = (tig * KR) / n;  // group of this thread's K bytes
     const int gv = (gid * VR) / n;  // group of this thread's V bytes
 
@@ -441,199 +643,15 @@ __global__ void __launch_bounds__(kThreads) qdecode_kernel(const QParams p) {
         const uint8_t* vc = sb + kTT * CB + warp * 16 * CB;
         const uint8_t* km = sb + 2 * kTT * CB + warp * 16 * MB;
         const uint8_t* vm = sb + 2 * kTT * CB + kTT * C::MBMAX + warp * 16 * MB;
-
-        // ---- scores: S[head gid][tokens 8 nt + 2 tig + {0, 1}]
-        float sacc[2][4];
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt) {
-            const int row = gid + 8 * nt;
-            uint32_t s2 = 0, z2 = 0;
-            if constexpr (!FAST) {
-                float s, z;
-                load_meta(km + row * MB, gk, p.meta_f16, s, z);
-                s2 = pack_h2(s, s);
-                z2 = pack_h2(z, z);
-            }
-            uint32_t w[KR / 4];
-            load_words<KR>(kc + row * CB + tig * KR, w);
-            sacc[nt][0] = sacc[nt][1] = sacc[nt][2] = sacc[nt][3] = 0.f;
-#pragma unroll
-            for (int i = 0; i < KR / 4; ++i) {
-                const uint32_t x0 = w[i], x1 = w[i] >> 8;
-#pragma unroll
-                for (int k = 0; k < P; ++k) {
-                    uint32_t lo, hi;
-                    if (k == 0) { lo = dqx<BITS, 0, FAST>(x0, s2, z2); hi = dqx<BITS, 0, FAST>(x1, s2, z2); }
-                    else if (k == 1) { lo = dqx<BITS, (P > 1 ? 1 : 0), FAST>(x0, s2, z2); hi = dqx<BITS, (P > 1 ? 1 : 0), FAST>(x1, s2, z2); }
-                    else if (k == 2) { lo = dqx<BITS, (P > 2 ? 2 : 0), FAST>(x0, s2, z2); hi = dqx<BITS, (P > 2 ? 2 : 0), FAST>(x1, s2, z2); }
-                    else { lo = dqx<BITS, (P > 3 ? 3 : 0), FAST>(x0, s2, z2); hi = dqx<BITS, (P > 3 ? 3 : 0), FAST>(x1, s2, z2); }
-                    mma16816(sacc[nt], qa[i * P + k][0], 0u, qa[i * P + k][1], 0u, lo, hi);
-                }
-            }
-        }
-        float sv[4] = {sacc[0][0], sacc[0][1], sacc[1][0], sacc[1][1]};
-        float vs_t[4], vz_t[4];  // FAST: V {scale, zero} of this thread's 4 tokens
-        if constexpr (FAST) {
-#pragma unroll
-            for (int u = 0; u < 4; ++u) {
-                const int r = (u >> 1) * 8 + 2 * tig + (u & 1);
-                float s, z;
-                load_meta(km + r * MB, 0, p.meta_f16, s, z);
-                sv[u] = fmaf(s, sv[u], z * qsum);
-                load_meta(vm + r * MB, 0, p.meta_f16, vs_t[u], vz_t[u]);
-            }
-        }
-#pragma unroll
-        for (int u = 0; u < 4; ++u) {
-            const int j = tok0 + (u >> 1) * 8 + 2 * tig + (u & 1);
-            if (j >= chunk_len) sv[u] = -INFINITY;
-        }
-        float mx = fmaxf(fmaxf(sv[0], sv[1]), fmaxf(sv[2], sv[3]));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float mnew = fmaxf(m, mx);
-        if (__any_sync(0xffffffffu, mnew > m)) {
-            const float alpha = mnew == -INFINITY ? 1.f : ex2(m - mnew);
-            l *= alpha;
-            pz *= alpha;
-            const float a0 = __shfl_sync(0xffffffffu, alpha, (2 * tig) * 4);
-            const float a1 = __shfl_sync(0xffffffffu, alpha, (2 * tig + 1) * 4);
-#pragma unroll
-            for (int mt = 0; mt < NKS; ++mt) {
-                o[mt][0] *= a0;
-                o[mt][1] *= a1;
-                o[mt][2] *= a0;
-                o[mt][3] *= a1;
-            }
-            m = mnew;
-        }
-        const float ms = m == -INFINITY ? 0.f : m;
-        float pv[4];
-#pragma unroll
-        for (int u = 0; u < 4; ++u) {
-            pv[u] = ex2(sv[u] - ms);
-            l += pv[u];
-        }
-        uint32_t pb0, pb1;
-        if constexpr (FAST) {
-#pragma unroll
-            for (int u = 0; u < 4; ++u) pz = fmaf(pv[u], vz_t[u], pz);
-            pb0 = pack_h2(pv[0] * (vs_t[0] * inv_sref), pv[1] * (vs_t[1] * inv_sref));
-            pb1 = pack_h2(pv[2] * (vs_t[2] * inv_sref), pv[3] * (vs_t[3] * inv_sref));
-        } else {
-            pb0 = pack_h2(pv[0], pv[1]);
-            pb1 = pack_h2(pv[2], pv[3]);
-        }
-
-        // ---- values: A fragments of V^T from token pairs (2 tig, 2 tig + 1), (+8, +9)
-        uint32_t vh[2][D / 8];
-#pragma unroll
-        for (int qq = 0; qq < 2; ++qq) {
-            const int ra = 2 * tig + 8 * qq;
-            uint32_t s2 = 0, z2 = 0;
-            if constexpr (!FAST) {
-                float sa, za, sbb, zb;
-                load_meta(vm + ra * MB, gv, p.meta_f16, sa, za);
-                load_meta(vm + (ra + 1) * MB, gv, p.meta_f16, sbb, zb);
-                s2 = pack_h2(sa, sbb);
-                z2 = pack_h2(za, zb);
-            }
-            constexpr int NWV = VR >= 4 ? VR / 4 : 1;
-            uint32_t wa[NWV], wb[NWV];
-            load_words<VR>(vc + ra * CB + gid * VR, wa);
-            load_words<VR>(vc + (ra + 1) * CB + gid * VR, wb);
-#pragma unroll
-            for (int i = 0; i < NWV; ++i) {
-#pragma unroll
-                for (int hp = 0; hp < (VR >= 4 ? 2 : 1); ++hp) {
-                    const uint32_t r = prmt(wa[i], wb[i], hp ? 0x7632u : 0x5410u);
-#pragma unroll
-                    for (int bb = 0; bb < 2; ++bb) {
-                        const uint32_t x = bb ? r >> 8 : r;
-                        const int e0 = (4 * i + 2 * hp + bb) * P;
-                        vh[qq][e0] = dqx<BITS, 0, FAST>(x, s2, z2);
-                        if constexpr (P > 1) vh[qq][e0 + 1] = dqx<BITS, (P > 1 ? 1 : 0), FAST>(x, s2, z2);
-                        if constexpr (P > 2) vh[qq][e0 + 2] = dqx<BITS, (P > 2 ? 2 : 0), FAST>(x, s2, z2);
-                        if constexpr (P > 3) vh[qq][e0 + 3] = dqx<BITS, (P > 3 ? 3 : 0), FAST>(x, s2, z2);
-                    }
-                }
-            }
-        }
-#pragma unroll
-        for (int mt = 0; mt < NKS; ++mt)
-            mma16816(o[mt], vh[0][2 * mt], vh[0][2 * mt + 1], vh[1][2 * mt], vh[1][2 * mt + 1], pb0, pb1);
+        slice_math<D, BITS, FAST>(
+            st, qa, qsum, inv_sref, tok0, chunk_len, p.meta_f16, gk, gv, [&](int r) { return kc + r * CB; },
+            [&](int r) { return km + r * MB; }, [&](int r) { return vc + r * CB; }, [&](int r) { return vm + r * MB; });
     }
     cp_async_wait<0>();
     __syncthreads();
-
-    // ---- merge the warps: o[mt][0..1] = (d of e = 2 mt, heads 2 tig, 2 tig + 1), [2..3]: e = 2 mt + 1
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
-    pz += __shfl_xor_sync(0xffffffffu, pz, 1);
-    pz += __shfl_xor_sync(0xffffffffu, pz, 2);
-    // FAST: o = s_ref * (sum P' c) + sum p z, per column head 2 tig + {0, 1}
-    const float pz0 = __shfl_sync(0xffffffffu, pz, (2 * tig) * 4);
-    const float pz1 = __shfl_sync(0xffffffffu, pz, (2 * tig + 1) * 4);
-    float* red_o = reinterpret_cast<float*>(smem);  // [kWarps][kGT][D]
-    float* red_m = red_o + kWarps * kGT * D;         // [kWarps][kGT]
-    float* red_l = red_m + kWarps * kGT;
-    float* fin = red_l + kWarps * kGT;  // [kGT][D]
-    float* tmp = fin + kGT * D;         // [kGT][D]
-    float* lse_s = tmp + kGT * D;       // [kGT]
-#pragma unroll
-    for (int mt = 0; mt < NKS; ++mt) {
-#pragma unroll
-        for (int rr = 0; rr < 2; ++rr) {
-            const int e = 2 * mt + rr;
-            const int d = dmap(gid * VR + e / P, e % P, n, G);
-            if constexpr (FAST) {
-                red_o[(warp * kGT + 2 * tig) * D + d] = fmaf(s_ref, o[mt][2 * rr], pz0);
-                red_o[(warp * kGT + 2 * tig + 1) * D + d] = fmaf(s_ref, o[mt][2 * rr + 1], pz1);
-            } else {
-                red_o[(warp * kGT + 2 * tig) * D + d] = o[mt][2 * rr];
-                red_o[(warp * kGT + 2 * tig + 1) * D + d] = o[mt][2 * rr + 1];
-            }
-        }
-    }
-    if (tig == 0) {
-        red_m[warp * kGT + gid] = m;
-        red_l[warp * kGT + gid] = l;
-    }
-    __syncthreads();
-    for (int idx = tid; idx < kGT * D; idx += kThreads) {
-        const int h = idx / D, d = idx % D;
-        float M = -INFINITY;
-#pragma unroll
-        for (int w = 0; w < kWarps; ++w) M = fmaxf(M, red_m[w * kGT + h]);
-        const float Ms = M == -INFINITY ? 0.f : M;
-        float L = 0.f, acc = 0.f;
-#pragma unroll
-        for (int w = 0; w < kWarps; ++w) {
-            const float wt = ex2(red_m[w * kGT + h] - Ms);
-            L = fmaf(wt, red_l[w * kGT + h], L);
-            acc = fmaf(wt, red_o[(w * kGT + h) * D + d], acc);
-        }
-        fin[idx] = L > 0.f ? acc / L : 0.f;
-        if (d == 0) lse_s[h] = M + __log2f(L);
-    }
-    __syncthreads();
-    const float* res = rotate_rows<D>(fin, tmp, p.v_rot, p.v_mat ? p.v_mat + int64_t(kvh) * D * D : nullptr, true);
-    const float vsc = p.v_rot == ATTN4J_ROTATION_HADAMARD ? rsqrtf(float(D)) : 1.f;
-    for (int idx = tid; idx < kGT * D; idx += kThreads) {
-        const int h = idx / D, d = idx % D;
-        const int gh = h0 + h;
-        if (gh >= p.group) break;  // idx grows with h
-        const int qo = kvh * p.group + gh;
-        const float val = res[idx] * vsc;
-        if (p.num_chunks == 1) {
-            store_elem(p.out, p.out_dtype, int64_t(b) * p.o_row + int64_t(qo) * p.o_head + d, val);
-            if (d == 0 && p.lse) p.lse[int64_t(b) * p.lse_row + int64_t(qo) * p.lse_head] = lse_s[h] * kLn2;
-        } else {
-            const int64_t row = (int64_t(b) * p.num_chunks + c) * p.num_qo_heads + qo;
-            p.ws_o[row * D + d] = val;
-            if (d == 0) p.ws_lse[row] = lse_s[h];
-        }
-    }
+    float* red_o = reinterpret_cast<float*>(smem);
+    warp_epilogue<D, P, VR, FAST>(p, b, c, kvh, h0, true, 0, 1, kWarps, red_o, red_o + kWarps * kGT * D,
+                                  red_o + kWarps * kGT * D + kWarps * kGT, st, s_ref);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -643,7 +661,7 @@ __global__ void __launch_bounds__(kThreads) qdecode_kernel(const QParams p) {
 // one page of the tile is one contiguous region of kh blocks in global memory, read at once).
 // Warp w serves head w % khp (khp = kh rounded up to a power of two; warps of heads >= kh idle
 // in the math) and the 16-token slices w / khp + i * (8 / khp) of the stage, i < SPW; warps of
-// one head are merged through shared memory at the end. The per-slice math is the one above.
+// one head are merged at the end (warp_epilogue). The per-slice math is the one above.
 constexpr int kPThreads = 256;
 constexpr int kPWarps = 8;
 constexpr int kPipeBudget = 108 * 1024;  // pipeline bytes per CTA (2 CTAs per SM)
@@ -663,52 +681,15 @@ struct PCfg {
     static constexpr int STAGES_RAW = kPipeBudget / STAGE_BYTES;
     static constexpr int STAGES = STAGES_RAW > 6 ? 6 : STAGES_RAW < 2 ? 2 : STAGES_RAW;
     static constexpr int PIPE = STAGES * STAGE_BYTES;
-    static constexpr int EPI = (2 * kPWarps * kGT * D + 3 * kPWarps * kGT) * 4;
+    static constexpr int EPI = (kPWarps * kGT * D + 2 * kPWarps * kGT) * 4;  // also holds the query rows
     static constexpr int MAIN = PIPE > EPI ? PIPE : EPI;
     static constexpr int SMEM = MAIN + kPidCache * 4;  // + the chunk's page ids
 };
-
-// rows x[nrows][D] (row r belongs to kv head hb + r / kGT) times R (inverse: R^T); block-wide.
-template <int D>
-__device__ float* rotate_rows_h(float* x, float* tmp, int nrows, int kind, const float* R, int hb, bool inverse) {
-    if (kind == ATTN4J_ROTATION_HADAMARD) {
-        for (int len = 1; len < D; len <<= 1) {
-            for (int idx = threadIdx.x; idx < nrows * D / 2; idx += blockDim.x) {
-                const int h = idx / (D / 2), kk = idx % (D / 2);
-                const int i = (kk / len) * 2 * len + kk % len;
-                float* r = x + h * D;
-                const float a = r[i], b = r[i + len];
-                r[i] = a + b;
-                r[i + len] = a - b;
-            }
-            __syncthreads();
-        }
-        return x;
-    }
-    if (kind == ATTN4J_ROTATION_MATRIX) {
-        for (int idx = threadIdx.x; idx < nrows * D; idx += blockDim.x) {
-            const int h = idx / D, j = idx % D;
-            const float* r = x + h * D;
-            const float* Rh = R + int64_t(hb + h / kGT) * D * D;
-            float acc = 0.f;
-            if (inverse) {
-                for (int i = 0; i < D; ++i) acc = fmaf(r[i], __ldg(Rh + j * D + i), acc);
-            } else {
-                for (int i = 0; i < D; ++i) acc = fmaf(r[i], __ldg(Rh + i * D + j), acc);
-            }
-            tmp[idx] = acc;
-        }
-        __syncthreads();
-        return tmp;
-    }
-    return x;
-}
 
 template <int D, int BITS, bool FAST>
 __global__ void __launch_bounds__(kPThreads, 2) qdecode_pages_kernel(const QParams p) {
     using C = PCfg<D, BITS, FAST>;
     constexpr int CB = C::CB, P = C::P, KR = C::KR, VR = C::VR, STAGES = C::STAGES, SPW = C::SPW;
-    constexpr int NKS = D / 16;
     extern __shared__ __align__(16) unsigned char smem[];
 
     const int c = blockIdx.x;
@@ -719,16 +700,11 @@ __global__ void __launch_bounds__(kPThreads, 2) qdecode_pages_kernel(const QPara
     const int wph = kPWarps / khp;                 // warps per head
     const int TT = 16 * SPW * wph;                 // tokens per stage
 
-    const int page_beg = p.indptr[b];
-    const int np = p.indptr[b + 1] - page_beg;
-    int per, used;
-    chunk_geometry(np, p.num_chunks, p.min_chunk_pages, per, used);
-    if (c >= used) return;
-    const int pg0 = c * per;
-    const int pg1 = min(np, pg0 + per);
+    ChunkSpan span;
+    if (!chunk_span(p, b, c, span)) return;
     const int ps = p.page_size;
-    const int chunk_len = pg1 == np ? (pg1 - pg0 - 1) * ps + p.last_page_len[b] : (pg1 - pg0) * ps;
-    const int* pages = p.indices + page_beg + pg0;
+    const int chunk_len = span.len;
+    const int* pages = span.pages;
 
     const int tid = threadIdx.x;
     const int warp = tid >> 5, lane = tid & 31, gid = lane >> 2, tig = lane & 3;
@@ -736,61 +712,25 @@ __global__ void __launch_bounds__(kPThreads, 2) qdecode_pages_kernel(const QPara
     // the chunk's page ids, read once (visible after the query prologue's barrier): the copies of a
     // stage then wait on no global load
     int* pid_s = reinterpret_cast<int*>(smem + C::MAIN);
-    const bool pid_cached = pg1 - pg0 <= kPidCache;
+    const bool pid_cached = span.npages <= kPidCache;
     if (pid_cached)
-        for (int i = tid; i < pg1 - pg0; i += kPThreads) pid_s[i] = __ldg(pages + i);
+        for (int i = tid; i < span.npages; i += kPThreads) pid_s[i] = __ldg(pages + i);
     const bool active = hl < kh;
     const int kvh = hb + (active ? hl : 0);
-    const int n = p.n, G = p.G, MB = p.MB;
+    const int n = p.n, MB = p.MB;
     // sub-blocks: q tokens of one head (q a power of two)
     const int q = min(ps, TT);
     const int qs = p.page_shift < 0 ? 0 : min(p.page_shift, 31 - __clz(TT));
     const int qcb = q * CB;
     const int PB = q * (CB + MB);
 
-    uint32_t qa[NKS][2];
+    uint32_t qa[D / 16][2];
     float qsum = 0.f;
     float s_ref = 1.f, inv_sref = 1.f;
-    if constexpr (FAST) {
-        const uint8_t* m0 = p.v + int64_t(kvh) * p.head_stride + int64_t(pages[0]) * p.page_stride + p.meta_off;
-        const float sr = p.meta_f16 ? __half2float(*reinterpret_cast<const __half*>(m0)) : *reinterpret_cast<const float*>(m0);
-        if (sr > 0.f && sr < 3.0e38f) {
-            s_ref = sr;
-            inv_sref = 1.f / sr;
-        }
-    }
-    {
-        const int nrows = kh * kGT;
-        float* qsm = reinterpret_cast<float*>(smem);
-        float* qt = qsm + kPWarps * kGT * D;
-        for (int idx = tid; idx < nrows * D; idx += kPThreads) {
-            const int r = idx / D, d = idx % D;
-            const int h = r / kGT, gh = r % kGT;
-            qsm[idx] = gh < p.group
-                           ? load_elem(p.q, p.q_dtype, int64_t(b) * p.q_row + int64_t((hb + h) * p.group + gh) * p.q_head + d)
-                           : 0.f;
-        }
-        __syncthreads();
-        const float* qr = rotate_rows_h<D>(qsm, qt, nrows, p.k_rot, p.k_mat, hb, false);
-        const float sc = p.scale_log2 * (p.k_rot == ATTN4J_ROTATION_HADAMARD ? rsqrtf(float(D)) : 1.f);
-        const float* row = qr + (hl * kGT + gid) * D;
-#pragma unroll
-        for (int s = 0; s < NKS; ++s) {
-            const int i = s / P, k = s % P;
-            const int B = tig * KR + 4 * i;
-            if (active) {
-                qa[s][0] = pack_h2(row[dmap(B + 0, k, n, G)] * sc, row[dmap(B + 2, k, n, G)] * sc);
-                qa[s][1] = pack_h2(row[dmap(B + 1, k, n, G)] * sc, row[dmap(B + 3, k, n, G)] * sc);
-            } else {
-                qa[s][0] = qa[s][1] = 0u;
-            }
-        }
-        if constexpr (FAST) {
-            if (active)
-                for (int d = 0; d < D; ++d) qsum += __half2float(__float2half_rn(row[d] * sc));
-        }
-        __syncthreads();  // smem becomes the pipeline
-    }
+    if constexpr (FAST) fast_ref_scale(p, kvh, pages[0], s_ref, inv_sref);
+    // per-warp query rows (the warps of one head each build their own copy: no block barrier)
+    warp_query<D, P, KR, FAST>(p, b, kvh, 0, active, reinterpret_cast<float*>(smem) + warp * kGT * D, qa, qsum);
+    __syncthreads();  // page ids visible; smem becomes the pipeline
 
     const uint8_t* kb = p.k + int64_t(hb) * p.head_stride;
     const uint8_t* vb = p.v + int64_t(hb) * p.head_stride;
@@ -840,10 +780,8 @@ __global__ void __launch_bounds__(kPThreads, 2) qdecode_pages_kernel(const QPara
         cp_async_commit();
     }
 
-    float o[NKS][4];
-#pragma unroll
-    for (int mt = 0; mt < NKS; ++mt) o[mt][0] = o[mt][1] = o[mt][2] = o[mt][3] = 0.f;
-    float m = -INFINITY, l = 0.f, pz = 0.f;
+    WarpState<D> st;
+    st.init();
     const int gk = (tig * KR) / n;
     const int gv = (gid * VR) / n;
     const int qmask = q - 1;
@@ -864,260 +802,23 @@ __global__ void __launch_bounds__(kPThreads, 2) qdecode_pages_kernel(const QPara
             const int t0 = (wr + si * wph) * 16;  // slice start within the stage
             const int tok0 = it * TT + t0;
             if (tok0 >= chunk_len) break;  // warp-uniform
-            // byte offset (within a K/V half) of token t's codes; meta at + qcb + slot * (MB - CB)
-            auto code_off = [&](int t) { return ((t >> qs) * kh + hl) * qcb + (t & qmask) * CB; };
-            auto meta_off = [&](int t) { return codes_total + ((t >> qs) * kh + hl) * qmb + (t & qmask) * MB; };
-
-            float sacc[2][4];
-#pragma unroll
-            for (int nt = 0; nt < 2; ++nt) {
-                const int row = gid + 8 * nt;
-                uint32_t s2 = 0, z2 = 0;
-                if constexpr (!FAST) {
-                    float s, z;
-                    load_meta(sk + meta_off(t0 + row), gk, p.meta_f16, s, z);
-                    s2 = pack_h2(s, s);
-                    z2 = pack_h2(z, z);
-                }
-                uint32_t w[KR / 4];
-                load_words<KR>(sk + code_off(t0 + row) + tig * KR, w);
-                sacc[nt][0] = sacc[nt][1] = sacc[nt][2] = sacc[nt][3] = 0.f;
-#pragma unroll
-                for (int i = 0; i < KR / 4; ++i) {
-                    const uint32_t x0 = w[i], x1 = w[i] >> 8;
-#pragma unroll
-                    for (int k = 0; k < P; ++k) {
-                        uint32_t lo, hi;
-                        if (k == 0) { lo = dqx<BITS, 0, FAST>(x0, s2, z2); hi = dqx<BITS, 0, FAST>(x1, s2, z2); }
-                        else if (k == 1) { lo = dqx<BITS, (P > 1 ? 1 : 0), FAST>(x0, s2, z2); hi = dqx<BITS, (P > 1 ? 1 : 0), FAST>(x1, s2, z2); }
-                        else if (k == 2) { lo = dqx<BITS, (P > 2 ? 2 : 0), FAST>(x0, s2, z2); hi = dqx<BITS, (P > 2 ? 2 : 0), FAST>(x1, s2, z2); }
-                        else { lo = dqx<BITS, (P > 3 ? 3 : 0), FAST>(x0, s2, z2); hi = dqx<BITS, (P > 3 ? 3 : 0), FAST>(x1, s2, z2); }
-                        mma16816(sacc[nt], qa[i * P + k][0], 0u, qa[i * P + k][1], 0u, lo, hi);
-                    }
-                }
-            }
-            float sv[4] = {sacc[0][0], sacc[0][1], sacc[1][0], sacc[1][1]};
-            bool inval[4];
-#pragma unroll
-            for (int u = 0; u < 4; ++u) inval[u] = tok0 + (u >> 1) * 8 + 2 * tig + (u & 1) >= chunk_len;
-            float vs_t[4], vz_t[4];
-            if constexpr (FAST) {
-#pragma unroll
-                for (int u = 0; u < 4; ++u) {
-                    const int r = t0 + (u >> 1) * 8 + 2 * tig + (u & 1);
-                    float s, z;
-                    load_meta(sk + meta_off(r), 0, p.meta_f16, s, z);
-                    sv[u] = fmaf(s, sv[u], z * qsum);
-                    load_meta(svb + meta_off(r), 0, p.meta_f16, vs_t[u], vz_t[u]);
-                    if (inval[u]) vs_t[u] = vz_t[u] = 0.f;
-                }
-            }
-#pragma unroll
-            for (int u = 0; u < 4; ++u)
-                if (inval[u]) sv[u] = -INFINITY;
-            float mx = fmaxf(fmaxf(sv[0], sv[1]), fmaxf(sv[2], sv[3]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            const float mnew = fmaxf(m, mx);
-            if (__any_sync(0xffffffffu, mnew > m)) {
-                const float alpha = mnew == -INFINITY ? 1.f : ex2(m - mnew);
-                l *= alpha;
-                pz *= alpha;
-                const float a0 = __shfl_sync(0xffffffffu, alpha, (2 * tig) * 4);
-                const float a1 = __shfl_sync(0xffffffffu, alpha, (2 * tig + 1) * 4);
-#pragma unroll
-                for (int mt = 0; mt < NKS; ++mt) {
-                    o[mt][0] *= a0;
-                    o[mt][1] *= a1;
-                    o[mt][2] *= a0;
-                    o[mt][3] *= a1;
-                }
-                m = mnew;
-            }
-            const float ms = m == -INFINITY ? 0.f : m;
-            float pv[4];
-#pragma unroll
-            for (int u = 0; u < 4; ++u) {
-                pv[u] = ex2(sv[u] - ms);
-                l += pv[u];
-            }
-            uint32_t pb0, pb1;
-            if constexpr (FAST) {
-#pragma unroll
-                for (int u = 0; u < 4; ++u) pz = fmaf(pv[u], vz_t[u], pz);
-                pb0 = pack_h2(pv[0] * (vs_t[0] * inv_sref), pv[1] * (vs_t[1] * inv_sref));
-                pb1 = pack_h2(pv[2] * (vs_t[2] * inv_sref), pv[3] * (vs_t[3] * inv_sref));
-            } else {
-                pb0 = pack_h2(pv[0], pv[1]);
-                pb1 = pack_h2(pv[2], pv[3]);
-            }
-
-            uint32_t vh[2][D / 8];
-#pragma unroll
-            for (int qq = 0; qq < 2; ++qq) {
-                const int ra = t0 + 2 * tig + 8 * qq;
-                uint32_t s2 = 0, z2 = 0;
-                if constexpr (!FAST) {
-                    float sa, za, sbb, zb;
-                    load_meta(svb + meta_off(ra), gv, p.meta_f16, sa, za);
-                    load_meta(svb + meta_off(ra + 1), gv, p.meta_f16, sbb, zb);
-                    if (inval[2 * qq]) sa = za = 0.f;
-                    if (inval[2 * qq + 1]) sbb = zb = 0.f;
-                    s2 = pack_h2(sa, sbb);
-                    z2 = pack_h2(za, zb);
-                }
-                constexpr int NWV = VR >= 4 ? VR / 4 : 1;
-                uint32_t wa[NWV], wb[NWV];
-                load_words<VR>(svb + code_off(ra) + gid * VR, wa);
-                load_words<VR>(svb + code_off(ra + 1) + gid * VR, wb);
-#pragma unroll
-                for (int i = 0; i < NWV; ++i) {
-#pragma unroll
-                    for (int hp = 0; hp < (VR >= 4 ? 2 : 1); ++hp) {
-                        const uint32_t r = prmt(wa[i], wb[i], hp ? 0x7632u : 0x5410u);
-#pragma unroll
-                        for (int bb = 0; bb < 2; ++bb) {
-                            const uint32_t x = bb ? r >> 8 : r;
-                            const int e0 = (4 * i + 2 * hp + bb) * P;
-                            vh[qq][e0] = dqx<BITS, 0, FAST>(x, s2, z2);
-                            if constexpr (P > 1) vh[qq][e0 + 1] = dqx<BITS, (P > 1 ? 1 : 0), FAST>(x, s2, z2);
-                            if constexpr (P > 2) vh[qq][e0 + 2] = dqx<BITS, (P > 2 ? 2 : 0), FAST>(x, s2, z2);
-                            if constexpr (P > 3) vh[qq][e0 + 3] = dqx<BITS, (P > 3 ? 3 : 0), FAST>(x, s2, z2);
-                        }
-                    }
-                }
-            }
-#pragma unroll
-            for (int mt = 0; mt < NKS; ++mt)
-                mma16816(o[mt], vh[0][2 * mt], vh[0][2 * mt + 1], vh[1][2 * mt], vh[1][2 * mt + 1], pb0, pb1);
+            // byte offset (within a K/V half) of token t's codes / meta
+            auto code_off = [&](int r) { const int t = t0 + r; return ((t >> qs) * kh + hl) * qcb + (t & qmask) * CB; };
+            auto meta_off = [&](int r) {
+                const int t = t0 + r;
+                return codes_total + ((t >> qs) * kh + hl) * qmb + (t & qmask) * MB;
+            };
+            slice_math<D, BITS, FAST>(
+                st, qa, qsum, inv_sref, tok0, chunk_len, p.meta_f16, gk, gv, [&](int r) { return sk + code_off(r); },
+                [&](int r) { return sk + meta_off(r); }, [&](int r) { return svb + code_off(r); },
+                [&](int r) { return svb + meta_off(r); });
         }
     }
     cp_async_wait<0>();
     __syncthreads();
-
-    // ---- per-warp partials to shared memory, then merge the warps of each head (rows of warp hl)
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
-    pz += __shfl_xor_sync(0xffffffffu, pz, 1);
-    pz += __shfl_xor_sync(0xffffffffu, pz, 2);
-    const float pz0 = __shfl_sync(0xffffffffu, pz, (2 * tig) * 4);
-    const float pz1 = __shfl_sync(0xffffffffu, pz, (2 * tig + 1) * 4);
-    float* red_o = reinterpret_cast<float*>(smem);  // [kPWarps][kGT][D]
-    float* tmp = red_o + kPWarps * kGT * D;         // [kPWarps * kGT][D]
-    float* red_m = tmp + kPWarps * kGT * D;          // [kPWarps][kGT]
-    float* red_l = red_m + kPWarps * kGT;
-    float* lse_s = red_l + kPWarps * kGT;
-    if (active) {
-#pragma unroll
-        for (int mt = 0; mt < NKS; ++mt) {
-#pragma unroll
-            for (int rr = 0; rr < 2; ++rr) {
-                const int e = 2 * mt + rr;
-                const int d = dmap(gid * VR + e / P, e % P, n, G);
-                if constexpr (FAST) {
-                    red_o[(warp * kGT + 2 * tig) * D + d] = fmaf(s_ref, o[mt][2 * rr], pz0);
-                    red_o[(warp * kGT + 2 * tig + 1) * D + d] = fmaf(s_ref, o[mt][2 * rr + 1], pz1);
-                } else {
-                    red_o[(warp * kGT + 2 * tig) * D + d] = o[mt][2 * rr];
-                    red_o[(warp * kGT + 2 * tig + 1) * D + d] = o[mt][2 * rr + 1];
-                }
-            }
-        }
-        if (tig == 0) {
-            red_m[warp * kGT + gid] = m;
-            red_l[warp * kGT + gid] = l;
-        }
-    }
-    __syncthreads();
-    const int nrows = kh * kGT;
-    for (int idx = tid; idx < nrows * D; idx += kPThreads) {
-        const int r = idx / D, d = idx % D;  // row r = head r / kGT (warp slot r / kGT, r % kGT)
-        const int h = r / kGT, g = r % kGT;
-        float M = -INFINITY;
-        for (int w = h; w < kPWarps; w += khp) M = fmaxf(M, red_m[w * kGT + g]);
-        const float Ms = M == -INFINITY ? 0.f : M;
-        float L = 0.f, acc = 0.f;
-        for (int w = h; w < kPWarps; w += khp) {
-            const float wt = ex2(red_m[w * kGT + g] - Ms);
-            L = fmaf(wt, red_l[w * kGT + g], L);
-            acc = fmaf(wt, red_o[(w * kGT + g) * D + d], acc);
-        }
-        red_o[idx] = L > 0.f ? acc / L : 0.f;  // row r of warp slot h == idx (same element, same thread)
-        if (d == 0) lse_s[r] = M + __log2f(L);
-    }
-    __syncthreads();
-    const float* res = rotate_rows_h<D>(red_o, tmp, nrows, p.v_rot, p.v_mat, hb, true);
-    const float vsc = p.v_rot == ATTN4J_ROTATION_HADAMARD ? rsqrtf(float(D)) : 1.f;
-    for (int idx = tid; idx < nrows * D; idx += kPThreads) {
-        const int r = idx / D, d = idx % D;
-        const int h = r / kGT, g = r % kGT;
-        if (g >= p.group) continue;
-        const int qo = (hb + h) * p.group + g;
-        const float val = res[idx] * vsc;
-        if (p.num_chunks == 1) {
-            store_elem(p.out, p.out_dtype, int64_t(b) * p.o_row + int64_t(qo) * p.o_head + d, val);
-            if (d == 0 && p.lse) p.lse[int64_t(b) * p.lse_row + int64_t(qo) * p.lse_head] = lse_s[r] * kLn2;
-        } else {
-            const int64_t row = (int64_t(b) * p.num_chunks + c) * p.num_qo_heads + qo;
-            p.ws_o[row * D + d] = val;
-            if (d == 0) p.ws_lse[row] = lse_s[r];
-        }
-    }
-}
-
-// One CTA of 8 warps per (sequence, query head): LSE-weighted sum of the sequence's chunk
-// partials; the warps take interleaved chunks (independent loads in flight) and are summed
-// through shared memory.
-__global__ void __launch_bounds__(256) qmerge_kernel(const QParams p) {
-    __shared__ float4 part[8][32];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int b = blockIdx.x / p.num_qo_heads;
-    const int qo = blockIdx.x - b * p.num_qo_heads;
-    int per, used;
-    chunk_geometry(p.indptr[b + 1] - p.indptr[b], p.num_chunks, p.min_chunk_pages, per, used);
-    const int64_t row0 = int64_t(b) * p.num_chunks * p.num_qo_heads + qo;
-    const int64_t rs = p.num_qo_heads;
-    float M = -INFINITY;
-    for (int c = lane; c < used; c += 32) M = fmaxf(M, p.ws_lse[row0 + c * rs]);
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, off));
-    float L = 0.f;
-    for (int c = lane; c < used; c += 32) L += ex2(p.ws_lse[row0 + c * rs] - M);
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) L += __shfl_xor_sync(0xffffffffu, L, off);
-    const float inv = 1.f / L;
-    const int D = p.head_dim;
-    const int d = lane * 4;  // D <= 128
-    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-    if (d < D) {
-#pragma unroll 4
-        for (int c = warp; c < used; c += 8) {
-            const float wgt = ex2(p.ws_lse[row0 + c * rs] - M);
-            const float4 v = *reinterpret_cast<const float4*>(p.ws_o + (row0 + c * rs) * D + d);
-            acc.x = fmaf(wgt, v.x, acc.x);
-            acc.y = fmaf(wgt, v.y, acc.y);
-            acc.z = fmaf(wgt, v.z, acc.z);
-            acc.w = fmaf(wgt, v.w, acc.w);
-        }
-    }
-    part[warp][lane] = acc;
-    __syncthreads();
-    if (warp == 0 && d < D) {
-#pragma unroll
-        for (int w = 1; w < 8; ++w) {
-            const float4 v = part[w][lane];
-            acc.x += v.x;
-            acc.y += v.y;
-            acc.z += v.z;
-            acc.w += v.w;
-        }
-        const int64_t o = int64_t(b) * p.o_row + int64_t(qo) * p.o_head + d;
-        store_elem(p.out, p.out_dtype, o + 0, acc.x * inv);
-        store_elem(p.out, p.out_dtype, o + 1, acc.y * inv);
-        store_elem(p.out, p.out_dtype, o + 2, acc.z * inv);
-        store_elem(p.out, p.out_dtype, o + 3, acc.w * inv);
-    }
-    if (threadIdx.x == 0 && p.lse) p.lse[int64_t(b) * p.lse_row + int64_t(qo) * p.lse_head] = (M + __log2f(L)) * kLn2;
+    float* red_o = reinterpret_cast<float*>(smem);
+    warp_epilogue<D, P, VR, FAST>(p, b, c, kvh, 0, active, hl, khp, wph, red_o, red_o + kPWarps * kGT * D,
+                                  red_o + kPWarps * kGT * D + kPWarps * kGT, st, s_ref);
 }
 
 using KernelFn = void (*)(QParams);
@@ -1150,11 +851,7 @@ KernelFn pick_pages(int bits, int& smem) {
     return qdecode_pages_kernel<D, 2, FAST>;
 }
 
-[[noreturn]] void cuda_fail(cudaError_t e, const char* what) {
-    (void)cudaGetLastError();
-    fail(e == cudaErrorMemoryAllocation ? ATTN4J_ERR_OUT_OF_MEMORY : ATTN4J_ERR_DEVICE,
-         std::string("CUDA quantized decode plan: ") + what + ": " + cudaGetErrorString(e));
-}
+constexpr const char* kPlan = "CUDA quantized decode plan";
 
 int ilog2(int x) { return 31 - __builtin_clz(unsigned(x)); }
 
@@ -1181,35 +878,28 @@ public:
         // power-of-two page size (checked per run); else the per-kv-head kernel.
         pages_ok_ = !old_only_ && group <= kGT;
         if (desc.max_batch_size > 65535) fail(ATTN4J_ERR_UNSUPPORTED, "CUDA decode: max_batch_size > 65535");
-        int prev = 0;
-        cudaError_t e = cudaGetDevice(&prev);
-        if (e != cudaSuccess) cuda_fail(e, "cudaGetDevice");
-        e = cudaSetDevice(device);
-        if (e != cudaSuccess) cuda_fail(e, "cudaSetDevice");
-        struct Restore {
-            int d;
-            ~Restore() { cudaSetDevice(d); }
-        } restore{prev};
+        DeviceScope scope(device, kPlan);
+        cudaError_t e;
         cudaDeviceProp prop{};
-        if ((e = cudaGetDeviceProperties(&prop, device)) != cudaSuccess) cuda_fail(e, "properties");
+        if ((e = cudaGetDeviceProperties(&prop, device)) != cudaSuccess) cuda_fail(e, kPlan, "properties");
         sms_ = prop.multiProcessorCount;
         if ((e = cudaFuncSetAttribute(kernel_, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_)) != cudaSuccess ||
             (e = cudaFuncSetAttribute(fast_, cudaFuncAttributeMaxDynamicSharedMemorySize, fast_smem_)) != cudaSuccess ||
             (e = cudaFuncSetAttribute(pkernel_, cudaFuncAttributeMaxDynamicSharedMemorySize, psmem_)) != cudaSuccess ||
             (e = cudaFuncSetAttribute(pfast_, cudaFuncAttributeMaxDynamicSharedMemorySize, pfast_smem_)) != cudaSuccess)
-            cuda_fail(e, "cudaFuncSetAttribute");
+            cuda_fail(e, kPlan, "cudaFuncSetAttribute");
         occ_ = tuning.ctas_per_sm;
         if (occ_ <= 0) {  // split planning follows the kernel of the common case (one group per token)
             e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ_, generic_only_ ? kernel_ : fast_, kThreads,
                                                               size_t(generic_only_ ? smem_ : fast_smem_));
-            if (e != cudaSuccess) cuda_fail(e, "occupancy");
+            if (e != cudaSuccess) cuda_fail(e, kPlan, "occupancy");
             occ_ = std::max(occ_, 1);
         }
         pocc_ = tuning.ctas_per_sm;
         if (pocc_ <= 0) {
             e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&pocc_, generic_only_ ? pkernel_ : pfast_, kPThreads,
                                                               size_t(generic_only_ ? psmem_ : pfast_smem_));
-            if (e != cudaSuccess) cuda_fail(e, "occupancy");
+            if (e != cudaSuccess) cuda_fail(e, kPlan, "occupancy");
             pocc_ = std::max(pocc_, 1);
         }
         int64_t rows = 0;
@@ -1223,7 +913,7 @@ public:
         rows *= desc.num_qo_heads;
         ws_bytes_ = size_t(rows) * (size_t(desc.head_dim) + 1) * sizeof(float);
         if (ws_bytes_) {
-            if ((e = cudaMalloc(&ws_, ws_bytes_)) != cudaSuccess) cuda_fail(e, "workspace cudaMalloc");
+            if ((e = cudaMalloc(&ws_, ws_bytes_)) != cudaSuccess) cuda_fail(e, kPlan, "workspace cudaMalloc");
             ws_lse_offset_ = size_t(rows) * desc.head_dim;
         }
         snprintf(name_, sizeof name_, "cuda-sm%d-int%d", prop.major * 10 + prop.minor, bits_);
@@ -1242,12 +932,9 @@ public:
     // pages_ok_).
     int num_chunks(int batch) const override { return chunks_for(batch, pages_ok_); }
     int chunks_for(int batch, bool pages) const {
-        if (tuning_.force_chunks > 0) return tuning_.force_chunks;
         const int64_t units = pages ? int64_t(batch) * ((desc_.num_kv_heads + kPWarps - 1) / kPWarps)
                                     : int64_t(batch) * desc_.num_kv_heads * head_tiles_;
-        const int64_t target = int64_t(sms_) * (pages ? pocc_ : occ_);
-        const int64_t nc = (target + units / 2) / units;
-        return int(std::clamp<int64_t>(nc, 1, 65535));
+        return split_chunks(units, int64_t(sms_) * (pages ? pocc_ : occ_), tuning_.force_chunks);
     }
     size_t workspace_bytes() const override { return ws_bytes_; }
     const char* path_name() const override { return name_; }
@@ -1269,41 +956,14 @@ public:
         const uintptr_t kv_or = reinterpret_cast<uintptr_t>(a.kv.k) | reinterpret_cast<uintptr_t>(a.kv.v);
         if (kv_or & 3) return cudaErrorMisalignedAddress;
 
-        QParams p{};
-        p.q = a.q.data;
-        p.q_row = a.q.row_stride;
-        p.q_head = a.q.head_stride;
-        p.q_dtype = a.q.dtype;
-        p.out = a.out.data;
-        p.o_row = a.out.row_stride;
-        p.o_head = a.out.head_stride;
-        p.out_dtype = a.out.dtype;
-        p.lse = a.lse.data;
-        p.lse_row = a.lse.row_stride;
-        p.lse_head = a.lse.head_stride;
-        p.k = static_cast<const uint8_t*>(a.kv.k);
-        p.v = static_cast<const uint8_t*>(a.kv.v);
-        p.indptr = a.table.indptr;
-        p.indices = a.table.indices;
-        p.last_page_len = a.table.last_page_len;
-        p.scale_log2 = a.shape.sm_scale * kLog2e;
-        p.batch = batch;
-        p.num_qo_heads = a.shape.num_qo_heads;
-        p.num_kv_heads = a.shape.num_kv_heads;
-        p.group = a.shape.group();
-        p.num_head_tiles = head_tiles_;
-        p.page_size = a.kv.page_size;
-        p.page_shift = (a.kv.page_size & (a.kv.page_size - 1)) == 0 ? __builtin_ctz(unsigned(a.kv.page_size)) : -1;
         const bool pow2 = (a.kv.page_size & (a.kv.page_size - 1)) == 0;
         const bool use_pages = pages_ok_ && pow2;
-        p.num_chunks = chunks_for(batch, use_pages);
-        p.min_chunk_pages = tuning_.force_chunks > 0
-                                ? 1
-                                : std::max(1, ((use_pages ? tuning_.min_chunk_tokens / 4 : tuning_.min_chunk_tokens) +
-                                               a.kv.page_size - 1) / a.kv.page_size);
-        p.ws_o = static_cast<float*>(ws_);
-        p.ws_lse = ws_ ? static_cast<float*>(ws_) + ws_lse_offset_ : nullptr;
-        p.head_dim = D;
+        QParams p{};
+        fill_common(p, a, head_tiles_, chunks_for(batch, use_pages),
+                    use_pages ? tuning_.min_chunk_tokens / 4 : tuning_.min_chunk_tokens, tuning_.force_chunks > 0,
+                    static_cast<float*>(ws_), ws_lse_offset_, D);
+        p.k = static_cast<const uint8_t*>(a.kv.k);
+        p.v = static_cast<const uint8_t*>(a.kv.v);
         p.G = f.group_size;
         p.n = f.group_code_bytes();
         p.meta_f16 = f.meta_dtype == ATTN4J_DTYPE_F16;
@@ -1332,7 +992,7 @@ public:
             else kernel_<<<grid, kThreads, size_t(smem_), stream>>>(p);
         }
         if (p.num_chunks > 1) {
-            qmerge_kernel<<<unsigned(batch * desc_.num_qo_heads), 256, 0, stream>>>(p);
+            merge_kernel<1, 8><<<unsigned(batch * desc_.num_qo_heads), 256, 0, stream>>>(p);
         }
         return cudaGetLastError();
     }

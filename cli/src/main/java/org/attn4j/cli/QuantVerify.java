@@ -63,7 +63,12 @@ final class QuantVerify {
                 v.data(), qoHeads, kvHeads, k.dim(2), k.dim(0), q.data(), 1);
     }
 
-    static int run(Attn4j lib, Layer layer, int sinks, int window, boolean showProgress) {
+    /**
+     * {@code calibration}: a file from {@code attn4j calibrate} used for the calibrated rows of its
+     * own bits and group size (other calibrated rows are left out); null calibrates each (bits,
+     * group) on the layer's own samples (in-sample for .npy inputs, a second draw for synthetic).
+     */
+    static int run(Attn4j lib, Layer layer, int sinks, int window, boolean showProgress, Calibration calibration) {
         DType[] types = {DType.INT8, DType.INT4, DType.INT2};
         int[] groups = {32, 64, 128};
         Rotation[] rotations = {Rotation.NONE, Rotation.HADAMARD, Rotation.CALIBRATED};
@@ -73,6 +78,9 @@ final class QuantVerify {
         System.out.printf("attn4j verify --quant: %s; %d q / %d kv heads, head_dim %d; BF16 segments: %d sinks + %d "
                 + "recent%n", layer.source(), layer.qoHeads(), layer.kvHeads(), layer.headDim(), sinks, window);
         System.out.println("error = ||out - ref|| / ||ref||, ref = fp64 attention over the unquantized K/V");
+        System.out.println(calibration != null ? "calibrated rows: the given calibration file (INT" + calibration.bits()
+                + " G" + calibration.groupSize() + " only)" : "calibrated rows: calibrated on " + (layer.calibrationQueryCount() > 1
+                ? "a second draw of the generator" : "these inputs (in-sample)"));
         try (ProgressBar pb = Util.progress("verify --quant", total, showProgress)) {
             for (DType t : types) {
                 for (int g : groups) {
@@ -87,7 +95,11 @@ final class QuantVerify {
                             continue;
                         }
                         if (r == Rotation.CALIBRATED) {
-                            cal = calibrate(layer, t.bits(), g);
+                            if (calibration != null && (calibration.bits() != t.bits() || calibration.groupSize() != g)) {
+                                pb.step();
+                                continue;
+                            }
+                            cal = calibration != null ? calibration : calibrate(layer, t.bits(), g);
                         }
                         KvFormat f = KvFormat.quantized(t, g).withRotation(r);
                         double plain = error(lib, layer, f, cal, 0, 0);

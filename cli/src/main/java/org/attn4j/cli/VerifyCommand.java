@@ -76,6 +76,11 @@ final class VerifyCommand implements Callable<Integer> {
     @Option(names = "--window", defaultValue = "256", description = "--quant: BF16 recent tokens (default ${DEFAULT-VALUE}).")
     int window;
 
+    @Option(names = "--calibration", paramLabel = "FILE",
+            description = "--quant: a file from `attn4j calibrate` for the calibrated rows of its bits and group size "
+                    + "(default: calibrate on the inputs).")
+    java.nio.file.Path calibrationFile;
+
     enum Mode {
         decode("decode (paged)", false, true),
         prefill_causal("prefill causal", true, false),
@@ -123,8 +128,14 @@ final class VerifyCommand implements Callable<Integer> {
                                 + (vFile != null ? "--v" : "") + ")");
             }
             QuantVerify.Layer layer = files ? QuantVerify.fromNpy(qFile, kFile, vFile) : QuantVerify.synthetic(seed, tokens);
+            org.attn4j.quant.Calibration cal = null;
+            if (calibrationFile != null) {
+                cal = org.attn4j.quant.Calibration.load(calibrationFile);
+                cal.requireMatches(1, layer.kvHeads(), layer.headDim(), cal.bits(), cal.groupSize());
+            }
             try (Attn4j lib = Attn4j.open(Util.device(device), threads)) {
-                return QuantVerify.run(lib, layer, sinks, window, progress != null ? progress : Util.stderrIsTerminal());
+                return QuantVerify.run(lib, layer, sinks, window, progress != null ? progress : Util.stderrIsTerminal(),
+                        cal);
             }
         }
         List<Case> cases = cases();
