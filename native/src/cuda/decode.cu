@@ -22,7 +22,6 @@
 #include <type_traits>
 
 #include "core/error.h"
-#include "cuda/decode_common.cuh"
 
 namespace attn4j::cuda {
 namespace {
@@ -36,12 +35,55 @@ constexpr int kThreads = 128;
 #endif
 constexpr int kStages = ATTN4J_CUDA_DECODE_STAGES;  // cp.async pipeline depth
 constexpr int kTok = ATTN4J_CUDA_DECODE_TOK;        // tokens per token group per stage
-using namespace detail;
+constexpr float kLn2 = 0.6931471805599453f;
+constexpr float kLog2e = 1.4426950408889634f;
 
-struct Params : DecodeParamsBase {
+struct Params {
+    const void* q;
+    int64_t q_row, q_head;
+    void* out;
+    int64_t o_row, o_head;
+    float* lse;
+    int64_t lse_row, lse_head;
     const void* k;
     const void* v;
+    const int* indptr;
+    const int* indices;
+    const int* last_page_len;
+    float* ws_o;    // [batch * num_chunks * num_qo_heads][D], normalised partial outputs
+    float* ws_lse;  // [batch * num_chunks * num_qo_heads], log2 domain
+    float scale_log2;
+    int q_dtype, out_dtype;
+    int batch, num_qo_heads, num_kv_heads, group, num_head_tiles;
+    int page_size, page_shift;  // page_shift >= 0 when page_size is a power of two
+    int num_chunks, min_chunk_pages;
+    int head_dim;  // merge kernel only
 };
+
+__device__ __forceinline__ float ex2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// Chunk geometry of a sequence of np pages: pages per chunk and chunks actually used.
+__device__ __forceinline__ void chunk_geometry(int np, int num_chunks, int min_pages, int& per,
+                                               int& used) {
+    per = max((np + num_chunks - 1) / num_chunks, min_pages);
+    used = (np + per - 1) / per;
+}
+
+__device__ __forceinline__ float load_elem(const void* p, int dt, int64_t i) {
+    if (dt == ATTN4J_DTYPE_F32) return static_cast<const float*>(p)[i];
+    if (dt == ATTN4J_DTYPE_F16) return __half2float(static_cast<const __half*>(p)[i]);
+    return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+}
+
+__device__ __forceinline__ void store_elem(void* p, int dt, int64_t i, float v) {
+    if (dt == ATTN4J_DTYPE_F32) static_cast<float*>(p)[i] = v;
+    else if (dt == ATTN4J_DTYPE_F16) static_cast<__half*>(p)[i] = __float2half_rn(v);
+    else static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v);
+}
 
 template <typename KV>
 __device__ __forceinline__ void to_float8(const uint4& r, float (&f)[8]) {
@@ -59,6 +101,17 @@ __device__ __forceinline__ void to_float8(const uint4& r, float (&f)[8]) {
             f[2 * i + 1] = t.y;
         }
     }
+}
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+    const int n = valid ? 16 : 0;  // 0: zero-fill, nothing read
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
 template <int D, int GT>
@@ -83,11 +136,16 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p) {
     const int tile = blockIdx.y - kvh * p.num_head_tiles;
     const int b = blockIdx.z;
 
-    ChunkSpan span;
-    if (!chunk_span(p, b, c, span)) return;
+    const int page_beg = p.indptr[b];
+    const int np = p.indptr[b + 1] - page_beg;
+    int per, used;
+    chunk_geometry(np, p.num_chunks, p.min_chunk_pages, per, used);
+    if (c >= used) return;
+    const int pg0 = c * per;
+    const int pg1 = min(np, pg0 + per);
     const int ps = p.page_size;
-    const int chunk_len = span.len;
-    const int* pages = span.pages;
+    const int chunk_len = pg1 == np ? (pg1 - pg0 - 1) * ps + p.last_page_len[b] : (pg1 - pg0) * ps;
+    const int* pages = p.indices + page_beg + pg0;
 
     const int tid = threadIdx.x;
     const int g = tid / LPT;
@@ -255,8 +313,58 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p) {
         }
         const float val = acc / L;  // L >= 1: a chunk holds at least one token
         const float lse2 = M + __log2f(L);
-        emit_result(p, b, c, kvh * p.group + gh, d, val, lse2, d == 0);
+        const int qo = kvh * p.group + gh;
+        if (p.num_chunks == 1) {
+            store_elem(p.out, p.out_dtype, int64_t(b) * p.o_row + int64_t(qo) * p.o_head + d, val);
+            if (d == 0 && p.lse) p.lse[int64_t(b) * p.lse_row + int64_t(qo) * p.lse_head] = lse2 * kLn2;
+        } else {
+            const int64_t row = (int64_t(b) * p.num_chunks + c) * p.num_qo_heads + qo;
+            p.ws_o[row * D + d] = val;
+            if (d == 0) p.ws_lse[row] = lse2;
+        }
     }
+}
+
+// One warp per (sequence, query head): LSE-weighted sum of the sequence's chunk partials.
+__global__ void __launch_bounds__(128) merge_kernel(const Params p) {
+    const int lane = threadIdx.x & 31;
+    const int w = blockIdx.x * 4 + (threadIdx.x >> 5);
+    if (w >= p.batch * p.num_qo_heads) return;
+    const int b = w / p.num_qo_heads;
+    const int qo = w - b * p.num_qo_heads;
+    int per, used;
+    chunk_geometry(p.indptr[b + 1] - p.indptr[b], p.num_chunks, p.min_chunk_pages, per, used);
+    const int64_t row0 = int64_t(b) * p.num_chunks * p.num_qo_heads + qo;
+    const int64_t rs = p.num_qo_heads;
+
+    float M = -INFINITY;
+    for (int c = lane; c < used; c += 32) M = fmaxf(M, p.ws_lse[row0 + c * rs]);
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, off));
+    float L = 0.f;
+    for (int c = lane; c < used; c += 32) L += ex2(p.ws_lse[row0 + c * rs] - M);
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) L += __shfl_xor_sync(0xffffffffu, L, off);
+    const float inv = 1.f / L;
+    const int D = p.head_dim;
+    for (int d = lane * 4; d < D; d += 128) {
+        float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+        for (int c = 0; c < used; ++c) {
+            const float wgt = ex2(p.ws_lse[row0 + c * rs] - M);
+            const float4 v = *reinterpret_cast<const float4*>(p.ws_o + (row0 + c * rs) * D + d);
+            acc.x = fmaf(wgt, v.x, acc.x);
+            acc.y = fmaf(wgt, v.y, acc.y);
+            acc.z = fmaf(wgt, v.z, acc.z);
+            acc.w = fmaf(wgt, v.w, acc.w);
+        }
+        const int64_t o = int64_t(b) * p.o_row + int64_t(qo) * p.o_head + d;
+        store_elem(p.out, p.out_dtype, o + 0, acc.x * inv);
+        store_elem(p.out, p.out_dtype, o + 1, acc.y * inv);
+        store_elem(p.out, p.out_dtype, o + 2, acc.z * inv);
+        store_elem(p.out, p.out_dtype, o + 3, acc.w * inv);
+    }
+    if (lane == 0 && p.lse)
+        p.lse[int64_t(b) * p.lse_row + int64_t(qo) * p.lse_head] = (M + __log2f(L)) * kLn2;
 }
 
 using KernelFn = void (*)(Params);
@@ -275,7 +383,11 @@ KernelFn pick_kernel(int head_dim, attn4j_dtype kv, int gt, int& smem) {
     return gt == 4 ? pick_kv<64, 4>(kv) : pick_kv<64, 8>(kv);
 }
 
-constexpr const char* kPlan = "CUDA decode plan";
+[[noreturn]] void cuda_fail(cudaError_t e, const char* what) {
+    (void)cudaGetLastError();
+    fail(e == cudaErrorMemoryAllocation ? ATTN4J_ERR_OUT_OF_MEMORY : ATTN4J_ERR_DEVICE,
+         std::string("CUDA decode plan: ") + what + ": " + cudaGetErrorString(e));
+}
 
 class CudaDecode final : public DecodeKernel {
 public:
@@ -287,16 +399,23 @@ public:
         kernel_ = pick_kernel(desc.head_dim, desc.kv_dtype, gt_, smem_);
         if (desc.max_batch_size > 65535) fail(ATTN4J_ERR_UNSUPPORTED, "CUDA decode: max_batch_size > 65535");
 
-        DeviceScope scope(device, kPlan);
-        cudaError_t e;
+        int prev = 0;
+        cudaError_t e = cudaGetDevice(&prev);
+        if (e != cudaSuccess) cuda_fail(e, "cudaGetDevice");
+        e = cudaSetDevice(device);
+        if (e != cudaSuccess) cuda_fail(e, "cudaSetDevice");
+        struct Restore {
+            int d;
+            ~Restore() { cudaSetDevice(d); }
+        } restore{prev};
         cudaDeviceProp prop{};
-        if ((e = cudaGetDeviceProperties(&prop, device)) != cudaSuccess) cuda_fail(e, kPlan, "properties");
+        if ((e = cudaGetDeviceProperties(&prop, device)) != cudaSuccess) cuda_fail(e, "properties");
         sms_ = prop.multiProcessorCount;
         sm_major_ = prop.major;
         occ_ = tuning.ctas_per_sm;
         if (occ_ <= 0) {
             e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ_, kernel_, kThreads, size_t(smem_));
-            if (e != cudaSuccess) cuda_fail(e, kPlan, "occupancy");
+            if (e != cudaSuccess) cuda_fail(e, "occupancy");
             occ_ = std::max(occ_, 1);
         }
         int64_t rows = 0;
@@ -307,7 +426,7 @@ public:
         rows *= desc.num_qo_heads;
         ws_bytes_ = size_t(rows) * (size_t(desc.head_dim) + 1) * sizeof(float);
         if (ws_bytes_) {
-            if ((e = cudaMalloc(&ws_, ws_bytes_)) != cudaSuccess) cuda_fail(e, kPlan, "workspace cudaMalloc");
+            if ((e = cudaMalloc(&ws_, ws_bytes_)) != cudaSuccess) cuda_fail(e, "workspace cudaMalloc");
             ws_lse_offset_ = size_t(rows) * desc.head_dim;
         }
         snprintf(name_, sizeof name_, "cuda-sm%d", sm_major_ * 10 + prop.minor);
@@ -323,8 +442,11 @@ public:
     }
 
     int num_chunks(int batch) const override {
-        return split_chunks(int64_t(batch) * desc_.num_kv_heads * head_tiles_, int64_t(sms_) * occ_,
-                            tuning_.force_chunks);
+        if (tuning_.force_chunks > 0) return tuning_.force_chunks;
+        const int64_t units = int64_t(batch) * desc_.num_kv_heads * head_tiles_;
+        const int64_t target = int64_t(sms_) * occ_;
+        const int64_t nc = (target + units / 2) / units;
+        return int(std::clamp<int64_t>(nc, 1, 65535));
     }
     size_t workspace_bytes() const override { return ws_bytes_; }
     const char* path_name() const override { return name_; }
@@ -335,16 +457,43 @@ public:
         if ((reinterpret_cast<uintptr_t>(a.kv.k) | reinterpret_cast<uintptr_t>(a.kv.v)) & 15)
             return cudaErrorMisalignedAddress;
         Params p{};
-        fill_common(p, a, head_tiles_, num_chunks(batch), tuning_.min_chunk_tokens, tuning_.force_chunks > 0,
-                    static_cast<float*>(ws_), ws_lse_offset_, desc_.head_dim);
+        p.q = a.q.data;
+        p.q_row = a.q.row_stride;
+        p.q_head = a.q.head_stride;
+        p.q_dtype = a.q.dtype;
+        p.out = a.out.data;
+        p.o_row = a.out.row_stride;
+        p.o_head = a.out.head_stride;
+        p.out_dtype = a.out.dtype;
+        p.lse = a.lse.data;
+        p.lse_row = a.lse.row_stride;
+        p.lse_head = a.lse.head_stride;
         p.k = a.kv.k;
         p.v = a.kv.v;
+        p.indptr = a.table.indptr;
+        p.indices = a.table.indices;
+        p.last_page_len = a.table.last_page_len;
+        p.scale_log2 = a.shape.sm_scale * kLog2e;
+        p.batch = batch;
+        p.num_qo_heads = a.shape.num_qo_heads;
+        p.num_kv_heads = a.shape.num_kv_heads;
+        p.group = a.shape.group();
+        p.num_head_tiles = head_tiles_;
+        p.page_size = a.kv.page_size;
+        p.page_shift = (a.kv.page_size & (a.kv.page_size - 1)) == 0 ? __builtin_ctz(unsigned(a.kv.page_size)) : -1;
+        p.num_chunks = num_chunks(batch);
+        p.min_chunk_pages = tuning_.force_chunks > 0
+                                ? 1
+                                : std::max(1, (tuning_.min_chunk_tokens + a.kv.page_size - 1) / a.kv.page_size);
+        p.ws_o = static_cast<float*>(ws_);
+        p.ws_lse = ws_ ? static_cast<float*>(ws_) + ws_lse_offset_ : nullptr;
+        p.head_dim = desc_.head_dim;
 
         const dim3 grid(unsigned(p.num_chunks), unsigned(desc_.num_kv_heads * head_tiles_), unsigned(batch));
         kernel_<<<grid, kThreads, size_t(smem_), stream>>>(p);
         if (p.num_chunks > 1) {
             const unsigned warps = unsigned(batch * desc_.num_qo_heads);
-            merge_kernel<4, 1><<<(warps + 3) / 4, 128, 0, stream>>>(p);
+            merge_kernel<<<(warps + 3) / 4, 128, 0, stream>>>(p);
         }
         return cudaGetLastError();
     }
