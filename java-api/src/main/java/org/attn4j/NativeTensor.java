@@ -1,6 +1,7 @@
 package org.attn4j;
 
 import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
 
 import org.attn4j.bindings.attn4j_tensor;
 
@@ -44,6 +45,28 @@ final class NativeTensor {
             attn4j_tensor.shape(desc, i, 0L);
             attn4j_tensor.strides(desc, i, 0L);
         }
+    }
+
+    /**
+     * Writes a host [rows, heads, dim] view at {@code address} (inside {@code owner}) without
+     * creating a segment object: a page of a cache as the source of an append.
+     */
+    static void fillView(MemorySegment desc, MemorySegment owner, long offset, DType dtype, long rows, long heads,
+            long dim, long rowStride, long headStride) {
+        desc.set(ValueLayout.JAVA_LONG, attn4j_tensor.data$offset(), owner.address() + offset);
+        attn4j_tensor.size_bytes(desc, owner.byteSize() - offset);
+        attn4j_tensor.dtype(desc, dtype.code());
+        attn4j_tensor.device_type(desc, Device.Kind.CPU.code);
+        attn4j_tensor.device_id(desc, 0);
+        attn4j_tensor.rank(desc, 3);
+        attn4j_tensor.shape(desc, 0, rows);
+        attn4j_tensor.shape(desc, 1, heads);
+        attn4j_tensor.shape(desc, 2, dim);
+        attn4j_tensor.shape(desc, 3, 0L);
+        attn4j_tensor.strides(desc, 0, rowStride);
+        attn4j_tensor.strides(desc, 1, headStride);
+        attn4j_tensor.strides(desc, 2, 1L);
+        attn4j_tensor.strides(desc, 3, 0L);
     }
 
     static void requireDType(Tensor t, DType expected, String name) {

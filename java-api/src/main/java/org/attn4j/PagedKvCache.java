@@ -574,14 +574,28 @@ public final class PagedKvCache implements AutoCloseable {
     }
 
     /**
-     * K ({@code value == false}) or V of one page of one layer as a [pageSize, kvHeads, headDim]
-     * tensor view (float formats only): the source of a move into another cache.
+     * Writes layer {@code layer} of reservation {@code r} (exactly one page of tokens) from page
+     * {@code srcPage} of the same layer of {@code src}, a float cache of the same geometry,
+     * converting or quantizing on write. Allocates nothing: the move of an aged window page of a
+     * {@link TieredKvCache}.
      */
-    Tensor pageView(int layer, int page, boolean value) {
+    void writeFromPage(int layer, Reservation r, PagedKvCache src, int srcPage) {
+        checkOpen();
         checkLayer(layer);
-        MemorySegment slab = value ? vSlabs[layer] : kSlabs[layer];
-        return Tensor.of(slab.asSlice(page * pageBytes, pageBytes), dtype,
-                new long[] {pageSize, kvHeads, headDim}, new long[] {headDim, (long) pageSize * headDim, 1});
+        if (r == null || r.cache != this || r.generation != generation || r.rolledBack) {
+            throw Attn4jException.invalid("reservation: not a live reservation of this cache");
+        }
+        if (src.format.isQuantized() || src.kvHeads != kvHeads || src.headDim != headDim || src.pageSize != pageSize
+                || r.totalTokens != pageSize) {
+            throw new Attn4jException(Status.INTERNAL, "writeFromPage: source cache or reservation does not match");
+        }
+        long off = srcPage * src.pageBytes;
+        NativeTensor.fillView(kDesc, src.kSlabs[layer], off, src.dtype, pageSize, kvHeads, headDim, headDim,
+                (long) pageSize * headDim);
+        NativeTensor.fillView(vDesc, src.vSlabs[layer], off, src.dtype, pageSize, kvHeads, headDim, headDim,
+                (long) pageSize * headDim);
+        Native.check(Attn4jNative.attn4j_paged_kv_append(lib.handle(), layerStructs[layer],
+                r.table.nativeStruct("reservation.table"), r.appendIndptrDesc, kDesc, vDesc), "write");
     }
 
     // ---- package-private, for plans ----

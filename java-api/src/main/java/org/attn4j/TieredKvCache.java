@@ -16,7 +16,9 @@ import org.attn4j.quant.Calibration;
  * the window holds a full page more than {@code window} tokens, its oldest page is quantized into
  * the quantized part and freed. That move happens at the start of {@link #reserve}, after every
  * layer of the previous step has been written, so the window holds between {@code window} and
- * {@code window + pageSize - 1} tokens. Sequence ids are the same in both parts. Not thread-safe.
+ * {@code window + pageSize - 1} tokens. Sequence ids are the same in both parts. A step (reserve,
+ * write, fill tables, decode) allocates nothing on the Java heap, moves included. Not
+ * thread-safe.
  */
 public final class TieredKvCache implements AutoCloseable {
     private final PagedKvCache precise;
@@ -253,7 +255,7 @@ public final class TieredKvCache implements AutoCloseable {
         quantized.reserve(one, pageCount, move);
         try {
             for (int l = 0; l < precise.layers(); l++) {
-                quantized.write(l, move, precise.pageView(l, page, false), precise.pageView(l, page, true));
+                quantized.writeFromPage(l, move, precise, page);
             }
         } catch (RuntimeException e) {
             quantized.rollback(move);
