@@ -183,6 +183,28 @@ public final class TieredKvCache implements AutoCloseable {
         return a;
     }
 
+    /**
+     * A new sequence with the same tokens as {@code seq} in both parts (full pages shared, the
+     * partial last page of each part copied; see {@link PagedKvCache#fork}).
+     */
+    public int fork(int seq) {
+        int a = precise.fork(seq);
+        int b;
+        try {
+            b = quantized.fork(seq);
+        } catch (RuntimeException e) {
+            precise.free(a);
+            throw e;
+        }
+        if (a != b) {
+            precise.free(a);
+            quantized.free(b);
+            throw new Attn4jException(Status.INTERNAL, "cache: sequence ids of the two parts diverged (" + a + " vs "
+                    + b + "); please report");
+        }
+        return a;
+    }
+
     /** Tokens in sequence {@code seq} (both parts). */
     public long length(int seq) {
         return precise.length(seq) + quantized.length(seq);

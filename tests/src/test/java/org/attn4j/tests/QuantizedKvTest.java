@@ -149,6 +149,27 @@ class QuantizedKvTest extends LibFixture {
                 }
             }
             assertTrue(cache.quantizedLength(seq) > 0);
+            // A fork decodes like its parent and grows independently.
+            int child = cache.fork(seq);
+            assertEquals(cache.length(seq), cache.length(child));
+            assertEquals(cache.quantizedLength(seq), cache.quantizedLength(child));
+            int[] both = {seq, child};
+            try (DecodePlan plan2 = Attention.decode(lib).forCache(cache).qoHeads(heads).qDType(DType.F32)
+                    .outDType(DType.F32).maxBatch(2).build()) {
+                TieredKvCache.Tables t2 = cache.tables(both);
+                Checks.Output out2 = Checks.Output.of(arena, DType.F32, 2, heads, d);
+                float[] q2 = new float[2 * heads * d];
+                System.arraycopy(s.q(), 0, q2, 0, heads * d);
+                System.arraycopy(s.q(), 0, q2, heads * d, heads * d);
+                plan2.run(Tensor.ofFloats(arena, DType.F32, q2, 2, heads, d), cache, 0, t2, out2.tensor, null);
+                float[] got2 = out2.read("out", seed);
+                for (int i = 0; i < heads * d; i++) {
+                    assertEquals(got2[i], got2[heads * d + i], 0f, "fork decodes like its parent");
+                }
+            }
+            cache.reserve(new int[] {child}, new int[] {1}, r);
+            assertEquals(cache.length(seq) + 1, cache.length(child));
+            cache.rollback(r);
         }
     }
 
