@@ -173,6 +173,53 @@ class QuantizedKvTest extends LibFixture {
         }
     }
 
+    /**
+     * Chunked prefill over an INT8 + Hadamard cache: the last query rows, causal, against fp64 over
+     * the unquantized K/V (INT8's own error) and, for the final row, against decode of the same
+     * query over the same pages (two kernels reading one quantized cache).
+     */
+    @Test
+    void chunkedPrefillOverQuantizedCache() {
+        long seed = Checks.baseSeed() + 402;
+        int kvh = 2;
+        int d = 64;
+        int heads = 8;
+        int len = 200;
+        int nq = 8;
+        SyntheticKv s = SyntheticKv.builder().qoHeads(heads).kvHeads(kvh).headDim(d).tokens(len).seed(seed).build();
+        float[] q = new float[nq * heads * d];
+        float[] sample = s.sampleQueries(nq);
+        System.arraycopy(sample, 0, q, 0, q.length);
+        try (Arena arena = Arena.ofConfined();
+                PagedKvCache cache = PagedKvCache.builder(lib).kvHeads(kvh).headDim(d).pageSize(16).numPages(16)
+                        .format(KvFormat.quantized(DType.INT8, 64).withRotation(Rotation.HADAMARD)).build();
+                org.attn4j.PrefillPlan prefill = Attention.prefill(lib).forCache(cache).qoHeads(heads)
+                        .qDType(DType.F32).outDType(DType.F32).causal(true).build();
+                DecodePlan decode = Attention.decode(lib).forCache(cache).qoHeads(heads).qDType(DType.F32)
+                        .outDType(DType.F32).build()) {
+            int seq = cache.newSequence();
+            cache.append(new int[] {seq}, new int[] {len}, Tensor.ofFloats(arena, DType.F32, s.k(), len, kvh, d),
+                    Tensor.ofFloats(arena, DType.F32, s.v(), len, kvh, d));
+            Checks.Output out = Checks.Output.of(arena, DType.F32, nq, heads, d);
+            prefill.run(Tensor.ofFloats(arena, DType.F32, q, nq, heads, d), Tensor.ofInts(arena, 0, nq), cache, 0,
+                    cache.pageTable(seq), out.tensor, null);
+            float[] got = out.read("out", seed);
+            ReferenceAttention.Result ref = ReferenceAttention.prefill(q, new int[] {0, nq}, s.k(), s.v(),
+                    new int[] {0, len}, heads, kvh, d, prefill.scale(), true);
+            Checks.assertClose(got, ref.out(), 0.03, "prefill over INT8 vs fp64 on unquantized K/V (seed " + seed + ")");
+            Checks.Output dec = Checks.Output.of(arena, DType.F32, 1, heads, d);
+            float[] last = Arrays.copyOfRange(q, (nq - 1) * heads * d, nq * heads * d);
+            decode.run(Tensor.ofFloats(arena, DType.F32, last, 1, heads, d), cache, 0, cache.pageTable(seq), dec.tensor);
+            float[] gotDec = dec.read("decode out", seed);
+            float[] lastRow = Arrays.copyOfRange(got, (nq - 1) * heads * d, nq * heads * d);
+            double[] lastRowD = new double[lastRow.length];
+            for (int i = 0; i < lastRow.length; i++) {
+                lastRowD[i] = lastRow[i];
+            }
+            Checks.assertClose(gotDec, lastRowD, 5e-3, "decode vs prefill's last row over the same INT8 pages");
+        }
+    }
+
     @Test
     void badInputNamesTheArgumentAndChangesNothing() {
         KvFormat int4 = KvFormat.quantized(DType.INT4, 128);
