@@ -20,7 +20,10 @@ namespace attn4j {
 
 #ifndef ATTN4J_HAVE_CUDA
 
-void cuda_paged_kv_append(const Context&, const PagedKvView&, const attn4j_page_table*, const attn4j_tensor*,
+class CudaAppendScratch {};
+void CudaAppendScratchDeleter::operator()(CudaAppendScratch* p) const noexcept { delete p; }
+
+void cuda_paged_kv_append(Context&, const PagedKvView&, const attn4j_page_table*, const attn4j_tensor*,
                           const attn4j_tensor*, const attn4j_tensor*) {
     fail(ATTN4J_ERR_UNSUPPORTED, "ctx: paged_kv_append on CUDA: this library was built without CUDA");
 }
@@ -31,15 +34,16 @@ namespace {
 
 using S = std::string;
 
-// Synchronous device-to-host copy of n int32 (n may be 0).
-void copy_back(std::vector<int32_t>& dst, const void* src, int64_t n, const char* name, int device) {
-    dst.resize(size_t(std::max<int64_t>(n, 1)));
-    if (n <= 0) return;
-    const cudaError_t e = cudaMemcpy(dst.data(), src, size_t(n) * sizeof(int32_t), cudaMemcpyDeviceToHost);
+// Synchronous device-to-host copy of n int32 (n may be 0) into a reused pinned buffer.
+const int32_t* copy_back(PinnedI32& dst, const void* src, int64_t n, const char* name, int device) {
+    int32_t* h = dst.reserve(std::max<int64_t>(n, 1), name);
+    if (n <= 0) return h;
+    const cudaError_t e = cudaMemcpy(h, src, size_t(n) * sizeof(int32_t), cudaMemcpyDeviceToHost);
     if (e != cudaSuccess)
         cuda_fail(e, S("attn4j_paged_kv_append: copying ") + name + " to the host for validation failed on cuda:" +
                          std::to_string(device) +
                          " (an error of earlier asynchronous work on this device is also reported here)");
+    return h;
 }
 
 // Where the first non-finite value of a [rows, heads, dim] device tensor is, as the CPU says it.
@@ -56,7 +60,41 @@ void copy_back(std::vector<int32_t>& dst, const void* src, int64_t n, const char
 
 }  // namespace
 
-void cuda_paged_kv_append(const Context& c, const PagedKvView& kv, const attn4j_page_table* table,
+// Per-context buffers of the CUDA append: host copies of the page table and append counts, and
+// device memory for the Inf/NaN scan results and the clip ratios. Grown on demand, never shrunk.
+class CudaAppendScratch {
+public:
+    ~CudaAppendScratch() {
+        if (dev_) (void)cudaFree(dev_);
+    }
+    // Device scratch of at least `bytes` (contents undefined).
+    void* device(size_t bytes) {
+        if (bytes > dev_bytes_) {
+            if (dev_) (void)cudaFree(dev_);
+            dev_ = nullptr;
+            dev_bytes_ = 0;
+            const cudaError_t e = cudaMalloc(&dev_, bytes);
+            if (e != cudaSuccess) cuda_fail(e, "attn4j_paged_kv_append: device scratch");
+            dev_bytes_ = bytes;
+        }
+        return dev_;
+    }
+    PinnedI32 indptr, last, indices, append;
+    std::vector<float> clips;
+
+private:
+    void* dev_ = nullptr;
+    size_t dev_bytes_ = 0;
+};
+
+void CudaAppendScratchDeleter::operator()(CudaAppendScratch* p) const noexcept {
+    try {
+        delete p;
+    } catch (...) {
+    }
+}
+
+void cuda_paged_kv_append(Context& c, const PagedKvView& kv, const attn4j_page_table* table,
                           const attn4j_tensor* append_indptr, const attn4j_tensor* k, const attn4j_tensor* v) {
     const int device = c.device_id;
     const PageTableDims dims = check_page_table_tensors(table, ATTN4J_DEVICE_CUDA, device, "ctx");
@@ -75,45 +113,38 @@ void cuda_paged_kv_append(const Context& c, const PagedKvView& kv, const attn4j_
     if (kv.k_rot.kind == ATTN4J_ROTATION_MATRIX) check_device_pointer(kv.k_rot.matrix, "cache.quant.k_matrix", device);
     if (kv.v_rot.kind == ATTN4J_ROTATION_MATRIX) check_device_pointer(kv.v_rot.matrix, "cache.quant.v_matrix", device);
 
+    if (!c.cuda_append) c.cuda_append.reset(new CudaAppendScratch());
+    CudaAppendScratch& sc = *c.cuda_append;
     // Page table and append counts: host copies, then the CPU path's checks.
-    std::vector<int32_t> indptr, last, indices, ap;
-    copy_back(indptr, table->indptr.data, dims.batch + 1, "table.indptr", device);
-    check_page_table_indptr(indptr.data(), dims);
-    copy_back(last, table->last_page_len.data, dims.batch, "table.last_page_len", device);
-    copy_back(indices, table->indices.data, indptr[size_t(dims.batch)], "table.indices", device);
-    check_page_table_pages(indptr.data(), indices.data(), last.data(), dims.batch, kv, /*allow_empty=*/true);
-    copy_back(ap, append_indptr->data, ap_t.shape[0], "append_indptr", device);
+    const int32_t* indptr = copy_back(sc.indptr, table->indptr.data, dims.batch + 1, "table.indptr", device);
+    check_page_table_indptr(indptr, dims);
+    const int32_t* last = copy_back(sc.last, table->last_page_len.data, dims.batch, "table.last_page_len", device);
+    const int32_t* indices = copy_back(sc.indices, table->indices.data, indptr[dims.batch], "table.indices", device);
+    check_page_table_pages(indptr, indices, last, dims.batch, kv, /*allow_empty=*/true);
+    const int32_t* ap = copy_back(sc.append, append_indptr->data, ap_t.shape[0], "append_indptr", device);
     PageTableView host_table;
     host_table.batch = int32_t(dims.batch);
-    host_table.indptr = indptr.data();
-    host_table.indices = indices.data();
-    host_table.last_page_len = last.data();
-    const int64_t nnz = api::check_append_counts(ap.data(), ap_t.shape[0], host_table, kv);
+    host_table.indptr = indptr;
+    host_table.indices = indices;
+    host_table.last_page_len = last;
+    const int64_t nnz = api::check_append_counts(ap, ap_t.shape[0], host_table, kv);
     api::check_append_rows(k, v, nnz, kv, c);
     check_device_pointer(k->data, "k", device);
     check_device_pointer(v->data, "v", device);
-    if (kv.quantized() && kv.head_dim > 256)
-        fail(ATTN4J_ERR_UNSUPPORTED, "cache: head_dim " + std::to_string(kv.head_dim) +
-                                         " of a quantized cache exceeds 256 on CUDA");
 
     // Scratch: the Inf/NaN scan's two results, then the clip ratios, which the ABI keeps in host
     // memory, as device copies for the kernel.
     const int H = kv.num_kv_heads;
-    std::vector<float> clips(size_t(2 * H), 1.f);
+    std::vector<float>& clips = sc.clips;
+    clips.assign(size_t(2 * H), 1.f);
     for (int h = 0; h < H; ++h) {
         if (kv.k_rot.clip) clips[size_t(h)] = kv.k_rot.clip[h];
         if (kv.v_rot.clip) clips[size_t(H + h)] = kv.v_rot.clip[h];
     }
-    void* scratch = nullptr;
-    cudaError_t e = cudaMalloc(&scratch, 2 * sizeof(unsigned long long) + clips.size() * sizeof(float));
-    if (e != cudaSuccess) cuda_fail(e, "attn4j_paged_kv_append: device scratch");
-    struct Free {
-        void* p;
-        ~Free() { (void)cudaFree(p); }
-    } free_scratch{scratch};
+    void* scratch = sc.device(2 * sizeof(unsigned long long) + clips.size() * sizeof(float));
     unsigned long long* d_first = static_cast<unsigned long long*>(scratch);
     float* d_clips = reinterpret_cast<float*>(d_first + 2);
-    e = cudaMemcpy(d_clips, clips.data(), clips.size() * sizeof(float), cudaMemcpyHostToDevice);
+    cudaError_t e = cudaMemcpy(d_clips, clips.data(), clips.size() * sizeof(float), cudaMemcpyHostToDevice);
     // Nothing is written unless every value is finite.
     if (e == cudaSuccess) e = cudaMemset(d_first, 0xFF, 2 * sizeof(unsigned long long));
     const RowsHeadsView kr = rows_heads_view(*k), vr = rows_heads_view(*v);

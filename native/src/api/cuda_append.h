@@ -1,7 +1,8 @@
 // attn4j_paged_kv_append on a CUDA context: the device half (host copies of the page table and
 // append_indptr checked as on CPU, device pointer checks, an Inf/NaN scan of k and v on the
 // device before anything is written, then the append kernel). Synchronizes with the legacy
-// default stream (like decode runs in this release). Builds without CUDA: UNSUPPORTED.
+// default stream (like decode runs in this release). Buffers come from the context's
+// CudaAppendScratch and are reused across calls. Builds without CUDA: UNSUPPORTED.
 #pragma once
 
 #include "attn4j.h"
@@ -10,7 +11,7 @@
 
 namespace attn4j {
 
-void cuda_paged_kv_append(const Context& c, const PagedKvView& kv, const attn4j_page_table* table,
+void cuda_paged_kv_append(Context& c, const PagedKvView& kv, const attn4j_page_table* table,
                           const attn4j_tensor* append_indptr, const attn4j_tensor* k, const attn4j_tensor* v);
 
 }  // namespace attn4j

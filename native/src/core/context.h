@@ -10,10 +10,18 @@
 
 namespace attn4j {
 
+// Scratch of attn4j_paged_kv_append on a CUDA context (api/cuda_append.cpp; defined only in
+// CUDA builds): reused device and pinned host buffers, so appends allocate only when they grow.
+class CudaAppendScratch;
+struct CudaAppendScratchDeleter {
+    void operator()(CudaAppendScratch* p) const noexcept;
+};
+
 struct Context {
     attn4j_device_type device_type = ATTN4J_DEVICE_CPU;
     int32_t device_id = 0;
     int num_threads = 1;  // resolved: > 0
+    std::unique_ptr<CudaAppendScratch, CudaAppendScratchDeleter> cuda_append;  // made on first use
 };
 
 // Number of CUDA devices visible; 0 without CUDA support in the build, driver or GPU. Never
