@@ -34,6 +34,7 @@ CpuFeatures detect() {
     f.avx512bw = zmm_os && (b & (1u << 30));
     f.avx512vl = zmm_os && (b & (1u << 31));
     f.avx512_fp16 = zmm_os && (d & (1u << 23));
+    f.avx512_vnni = zmm_os && (c & (1u << 11));
     f.amx_bf16 = amx_os && (d & (1u << 22));
     f.amx_tile = amx_os && (d & (1u << 24));
     f.amx_int8 = amx_os && (d & (1u << 25));
@@ -77,7 +78,7 @@ const std::string& cpu_features_string() {
         const std::pair<bool, const char*> all[] = {
             {f.avx2, "avx2"}, {f.fma, "fma"}, {f.f16c, "f16c"}, {f.avx512f, "avx512f"},
             {f.avx512bw, "avx512bw"}, {f.avx512vl, "avx512vl"}, {f.avx512dq, "avx512dq"},
-            {f.avx512_bf16, "avx512_bf16"}, {f.avx512_fp16, "avx512_fp16"},
+            {f.avx512_bf16, "avx512_bf16"}, {f.avx512_vnni, "avx512_vnni"}, {f.avx512_fp16, "avx512_fp16"},
             {f.amx_tile, "amx_tile"}, {f.amx_bf16, "amx_bf16"}, {f.amx_int8, "amx_int8"}};
         bool first = true;
         for (auto& [on, name] : all) {

@@ -12,7 +12,7 @@ enum class Isa { scalar = 0, avx2 = 1, avx512 = 2 };
 struct CpuFeatures {
     bool avx2 = false, fma = false, f16c = false;
     bool avx512f = false, avx512bw = false, avx512vl = false, avx512dq = false;
-    bool avx512_bf16 = false, avx512_fp16 = false;
+    bool avx512_bf16 = false, avx512_fp16 = false, avx512_vnni = false;
     bool amx_tile = false, amx_bf16 = false, amx_int8 = false;
     Isa isa = Isa::scalar;  // best usable path after the ATTN4J_ISA cap
 };

@@ -9,6 +9,7 @@
 #include "cpu/decode_kernel_impl.h"  // exp2 polynomial coefficients
 
 namespace attn4j::cpu {
+namespace {  // one copy per including ISA unit (see quant_ops_avx2.h)
 
 struct Avx2FloatOps {
     using V = __m256;
@@ -73,4 +74,5 @@ struct Avx2FloatOps {
     static inline float exp2_scalar(float x) { return std::exp2(x); }
 };
 
+}  // namespace
 }  // namespace attn4j::cpu

@@ -43,7 +43,11 @@
 #include "cpu/decode_quant.h"
 #include "cpu/quantize.h"
 
-namespace attn4j::cpu::quant_impl {
+// Anonymous: every ISA unit that includes this gets its own copy of the helpers below, so the
+// linker never shares one unit's wider code with another ISA's path.
+namespace attn4j::cpu {
+namespace {
+namespace quant_impl {
 
 constexpr int kMaxHd = 256;
 constexpr int kMaxGroupsPerHead = kMaxHd / 32;  // G >= 32
@@ -51,14 +55,6 @@ constexpr int kBlock = 16;                      // tokens per block of the fast 
 constexpr int kMaxTile = 4;                     // query heads per tile
 
 inline size_t align64(size_t x) { return (x + 63) / 64 * 64; }
-
-// Integer PV accumulator order inside a 32-dim run: position i (vector i / 8, lane i % 8) holds
-// the run's byte 4 * (v & 1) + 8 * (v >> 1) + lane (+ 12 for lanes 4..7), the order the s16
-// half-block sums come out of vpunpck{l,h}wd + vpmaddwd.
-inline int pv_byte(int i) {
-    const int v = i / 8, lane = i % 8;
-    return 4 * (v & 1) + 8 * (v >> 1) + lane + (lane >= 4 ? 12 : 0);
-}
 
 // Scratch layout (all offsets 64-byte aligned), shared by both kernels.
 struct Scratch {
@@ -74,7 +70,8 @@ struct Scratch {
     double* od;     // [hd] generic kernel accumulator of one head... sized [group][hd]
     float* zacc;    // [group][kMaxGroupsPerHead][8] zero-part accumulators
     float* m;       // [group]
-    double* l;      // [group]
+    double* l;      // [group] (generic kernel)
+    float* lacc;    // [group][8] fast kernel: softmax denominator per lane, summed at the end
     float* sacc;    // [kMaxTile][kMaxGroupsPerHead][kBlock][8] per-token partial dots
     float* p;       // [kMaxTile][8]
     float* w;       // [kMaxGroupsPerHead][kMaxTile][kBlock] p * scale of V
@@ -111,6 +108,7 @@ struct Scratch {
         zacc = reinterpret_cast<float*>(take(size_t(group) * kMaxGroupsPerHead * 8 * 4));
         m = reinterpret_cast<float*>(take(size_t(group) * 4));
         l = reinterpret_cast<double*>(take(size_t(group) * 8));
+        lacc = reinterpret_cast<float*>(take(size_t(group) * 8 * 4));
         sacc = reinterpret_cast<float*>(take(size_t(kMaxTile) * kMaxGroupsPerHead * kBlock * 8 * 4));
         p = reinterpret_cast<float*>(take(size_t(kMaxTile) * 8 * 4));
         w = reinterpret_cast<float*>(take(size_t(kMaxGroupsPerHead) * kMaxTile * kBlock * 4));
@@ -221,7 +219,8 @@ struct GenericKernel {
 //   kdot_i16<GN> / kdot_i8<BITS, GN> / kdot_f32<BITS, GN>(codes of one group, n, q, qstride,
 //       out[GN]): one token's group against GN heads; out[h] = 8 partial sums (F32)
 //   gather_meta(meta of token 0, meta bytes, n, fmt, sc, zr): {scale, zero} of 8 tokens
-//   quantize_weights(w[8], pairs[4], &scale) -> rounding error sum (integer PV)
+//   quantize_weights(w[16], pairs, &scale, &ratio, zacc[8], mid): u8 weights (integer PV); adds
+//       mid * (w_t - wq_t * unit) per lane to the group's constant-part accumulator
 //   pv<BITS, GN, HD> / pv_int<BITS, GN, HD>: V-phase accumulation of a block.
 template <class Ops, int BITS, int HD>
 struct FastKernel {
@@ -368,7 +367,8 @@ struct FastKernel {
             const V mv = Ops::set1(m_new);
             const V p0 = Ops::mask_zero(Ops::exp2(Ops::sub(sc0, mv)), n);
             const V p1 = Ops::mask_zero(Ops::exp2(Ops::sub(sc1, mv)), n - 8);
-            s.l[gq] = s.l[gq] * double(alpha) + double(Ops::hsum(Ops::add(p0, p1)));
+            float* la = s.lacc + gq * 8;  // lanes summed once per chunk: no reduction per block
+            Ops::store(la, Ops::fma(Ops::load(la), Ops::set1(alpha), Ops::add(p0, p1)));
             s.m[gq] = m_new;
             // w[g][h][t] = p * scale of V; zero part accumulated per (head, group).
             const V al = Ops::set1(alpha);
@@ -386,11 +386,11 @@ struct FastKernel {
                     // sum_t (w_t - wscale * wq_t) * c_t ~= mid_code * sum_t (w_t - wscale * wq_t)
                     // goes into the group's constant part.
                     for (int g = 0; g < ng; ++g) {
-                        const float err = Ops::quantize_weights(s.w + (g * kMaxTile + h) * kBlock,
-                                                                s.wpair + (h * kMaxGroupsPerHead + g) * (kBlock / 2),
-                                                                s.wscale + h * kMaxGroupsPerHead + g,
-                                                                s.wratio + h * kMaxGroupsPerHead + g);
-                        s.zacc[(int64_t(gq) * kMaxGroupsPerHead + g) * 8] += 0.5f * float((1 << BITS) - 1) * err;
+                        Ops::quantize_weights(s.w + (g * kMaxTile + h) * kBlock,
+                                              s.wpair + (h * kMaxGroupsPerHead + g) * (kBlock / 2),
+                                              s.wscale + h * kMaxGroupsPerHead + g, s.wratio + h * kMaxGroupsPerHead + g,
+                                              s.zacc + (int64_t(gq) * kMaxGroupsPerHead + g) * 8,
+                                              0.5f * float((1 << BITS) - 1));
                     }
                 }
             }
@@ -475,10 +475,8 @@ struct FastKernel {
         for (int64_t i = 0; i < int64_t(group) * hd; ++i) s.o[i] = 0.f;
         for (int64_t i = 0; i < int64_t(group) * kMaxGroupsPerHead * 8; ++i) s.zacc[i] = 0.f;
         for (int i = 0; i < kMaxTile * kMaxGroupsPerHead * kBlock * 8; ++i) s.sacc[i] = 0.f;
-        for (int g = 0; g < group; ++g) {
-            s.m[g] = -INFINITY;
-            s.l[g] = 0.0;
-        }
+        for (int64_t i = 0; i < int64_t(group) * 8; ++i) s.lacc[i] = 0.f;
+        for (int g = 0; g < group; ++g) s.m[g] = -INFINITY;
         const int64_t codes_region = int64_t(ch.page_size) * f.code_bytes();
         Cursor cur{ch.pages, 0, ch.num_tokens};
         Cursor pf{ch.pages, 0, ch.num_tokens};
@@ -546,20 +544,22 @@ struct FastKernel {
                 for (int i = 0; i < 8; ++i) z += s.zacc[(int64_t(h) * kMaxGroupsPerHead + g) * 8 + i];
                 zsum[g] = float(z);
             }
-            const double inv = 1.0 / s.l[h];
-            // o order: integer PV: 32-byte runs x shifts; float PV: 8-byte runs x shifts.
-            const int per = 8 / BITS, run = (BITS < 8 && int_k) ? 32 : 8;
+            double l = 0.0;
+            for (int i = 0; i < 8; ++i) l += s.lacc[h * 8 + i];
+            const double inv = 1.0 / l;
+            // o order: per run of `run` code bytes, run * per slots; float PV: 8-byte runs x shifts,
+            // integer PV: the policy's order (Ops::pv_slot: slot -> shift and byte of the run).
+            const int per = 8 / BITS, run = (BITS < 8 && int_k) ? Ops::template pv_run<BITS, HD>(nb) : 8;
             for (int g = 0; g < ng; ++g)
                 for (int bl = 0; bl < nb / run; ++bl)
-                    for (int sh = 0; sh < per; ++sh)
-                        for (int i = 0; i < run; ++i) {
-                            // integer PV: position i of a run holds byte pv_byte(i) of it
-                            const int b = run == 32 ? pv_byte(i) : i;
-                            s.row[g * G + bl * run + b + sh * nb] =
-                                float((double(o[((g * nb / run + bl) * per + sh) * run + i]) + zsum[g]) * inv);
-                        }
+                    for (int q = 0; q < run * per; ++q) {
+                        int sh = q / run, b = q % run;
+                        if (run > 8) Ops::pv_slot(q, run, per, sh, b);
+                        s.row[g * G + bl * run + b + sh * nb] =
+                            float((double(o[(g * nb / run + bl) * per * run + q]) + zsum[g]) * inv);
+                    }
             finish_head(ch, h, s.row);
-            ch.lse2[h] = float(double(s.m[h]) + std::log2(s.l[h]));
+            ch.lse2[h] = float(double(s.m[h]) + std::log2(l));
         }
     }
 };
@@ -587,4 +587,6 @@ inline void dispatch(const QuantDecodeChunk& c) {
     if (!done) GenericKernel<Ops>::run(c);
 }
 
-}  // namespace attn4j::cpu::quant_impl
+}  // namespace quant_impl
+}  // namespace
+}  // namespace attn4j::cpu
