@@ -7,10 +7,9 @@
 //       16 tokens and stay in registers. Rows of 32 bytes (INT2 / INT4 at the smaller head dims)
 //       go two tokens to a zmm.
 //   K (INT8): vpdpwssd of zero-extended codes with s16 q.
-//   PV (INT4 / INT2): the weights p * scale of a block are quantized to u8 with ONE unit per block
-//       (vpmovusdb), four tokens' codes are interleaved byte-wise per dimension, and vpdpbusd
-//       accumulates weight quads x code quads in s32 (no s16 overflow limits, so no half-block
-//       units as on AVX2).
+//   PV (INT4 / INT2): the weights p * scale of a block are quantized to u8 with one unit per half
+//       block (vpmovusdb), four tokens' codes are interleaved byte-wise per dimension, and vpdpbusd
+//       accumulates weight quads x code quads in s32 per half; the halves meet in F32.
 // Compiled with the AVX-512 + VNNI flags (file name suffix); called only when cpu_features()
 // reports AVX-512F/BW/VL/DQ and AVX512-VNNI.
 #if defined(__GNUC__) && !defined(__clang__)
@@ -163,21 +162,25 @@ struct Avx512VnniQuantOps : Avx2QuantOps {
         }
     }
 
-    // u8 weights of a block of 16 with one unit: quads[k] = wq[4k .. 4k + 3] (bytes), *scale = the
-    // unit max / 255, *ratio unused; zacc[lane] += mid * the rounding errors (w_t - unit * wq_t) of
-    // tokens lane and lane + 8.
+    // u8 weights of a block of 16, one unit per half of 8 tokens (as on AVX2: a half whose weights
+    // are far below the other's keeps its precision): quads[k] = wq[4k .. 4k + 3] (bytes),
+    // *scale = unit of tokens 0-7, *ratio = the F32 bits of the unit of tokens 8-15;
+    // zacc[lane] += mid * the rounding errors (w_t - unit_t * wq_t) of tokens lane and lane + 8.
     static inline void quantize_weights(const float* w, uint32_t* quads, float* scale, uint32_t* ratio, float* zacc,
                                         float mid) {
         // two 8-lane loads, as the halves were stored: one 16-lane load would miss store forwarding
-        const __m512 x = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(w)), _mm256_loadu_ps(w + 8), 1);
-        const float mx = _mm512_reduce_max_ps(x);
-        const float unit = mx * (1.f / 255.f);
-        *scale = unit;
-        *ratio = 0;
-        const __m512 inv = _mm512_set1_ps(mx > 0.f ? 255.f * rcp(mx) : 0.f);
+        const __m256 x0 = _mm256_loadu_ps(w), x1 = _mm256_loadu_ps(w + 8);
+        const float m0 = hmax(x0), m1 = hmax(x1);
+        const float u0 = m0 * (1.f / 255.f), u1 = m1 * (1.f / 255.f);
+        *scale = u0;
+        std::memcpy(ratio, &u1, 4);
+        const __m512 x = _mm512_insertf32x8(_mm512_castps256_ps512(x0), x1, 1);
+        const __m512 inv = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(m0 > 0.f ? 255.f * rcp(m0) : 0.f)),
+                                              _mm256_set1_ps(m1 > 0.f ? 255.f * rcp(m1) : 0.f), 1);
+        const __m512 unit = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(u0)), _mm256_set1_ps(u1), 1);
         const __m512i wq = _mm512_min_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(x, inv)), _mm512_set1_epi32(255));
         _mm_storeu_si128(reinterpret_cast<__m128i*>(quads), _mm512_cvtusepi32_epi8(wq));
-        const __m512 err = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(wq), _mm512_set1_ps(unit), x);
+        const __m512 err = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(wq), unit, x);
         const __m256 e8 = _mm256_add_ps(_mm512_castps512_ps256(err), _mm512_extractf32x8_ps(err, 1));
         _mm256_storeu_ps(zacc, _mm256_fmadd_ps(e8, _mm256_set1_ps(mid), _mm256_loadu_ps(zacc)));
     }
@@ -211,11 +214,11 @@ struct Avx512VnniQuantOps : Avx2QuantOps {
         c[3] = h16(b, d);
     }
 
-    // o[h][runs x shifts x run] = o * alpha[h] + wscale * sum_t wq_t * codes_t (exact s32 sums of
-    // u8 weight quads x code quads per block).
+    // o[h][pv_slot order] = o * alpha[h] + sum over the block's halves of unit_half * sum_t wq_t *
+    // codes_t.
     template <int BITS, int GN, int HD>
     static inline void pv_int(const uint8_t* const* rows, int n, int nb, const uint32_t* wquads, const float* wscale,
-                              const uint32_t* /*wratio*/, const float* alpha, float* o) {
+                              const uint32_t* wunit1, const float* alpha, float* o) {
         for (int h = 0; h < GN; ++h)
             if (alpha[h] != 1.f) {
                 const __m512 al = _mm512_set1_ps(alpha[h]);
@@ -224,13 +227,14 @@ struct Avx512VnniQuantOps : Avx2QuantOps {
         const uint8_t* r[kBlock];
         for (int t = 0; t < kBlock; ++t) r[t] = rows[t < n ? t : n - 1];  // weights of t >= n are 0
         if (pv_run<BITS, HD>(nb) == 64)
-            pv_runs512<BITS, GN, HD>(r, nb, wquads, wscale, o);
+            pv_runs512<BITS, GN, HD>(r, nb, wquads, wscale, wunit1, o);
         else
-            pv_runs_pairs<BITS, GN, HD>(r, nb, wquads, wscale, o);
+            pv_runs_pairs<BITS, GN, HD>(r, nb, wquads, wscale, wunit1, o);
     }
 
     template <int BITS, int GN, int HD>
-    static inline void pv_runs512(const uint8_t* const* r, int nb, const uint32_t* wq, const float* wscale, float* o) {
+    static inline void pv_runs512(const uint8_t* const* r, int nb, const uint32_t* wq, const float* wscale,
+                                  const uint32_t* wunit1, float* o) {
         constexpr int per = 8 / BITS, kRuns = HD * BITS / 8 / 64;
         for (int cb = 0; cb < kRuns; ++cb) {
             const int g = cb * 64 / nb;
@@ -245,7 +249,7 @@ struct Avx512VnniQuantOps : Avx2QuantOps {
                         [](__m512i a, __m512i b) { return _mm512_unpacklo_epi16(a, b); },
                         [](__m512i a, __m512i b) { return _mm512_unpackhi_epi16(a, b); });
                 }
-                accumulate<GN, HD>(c, wq, wscale, g, o + (cb * per + sh) * 64);
+                accumulate<GN, HD>(c, wq, wscale, wunit1, g, o + (cb * per + sh) * 64);
             }
         }
     }
@@ -253,7 +257,8 @@ struct Avx512VnniQuantOps : Avx2QuantOps {
     // 32-byte runs: each row's run is broadcast to both halves of a zmm and shifted by two
     // different amounts (vpsrlvw), so one pass covers shifts 2P and 2P + 1.
     template <int BITS, int GN, int HD>
-    static inline void pv_runs_pairs(const uint8_t* const* r, int nb, const uint32_t* wq, const float* wscale, float* o) {
+    static inline void pv_runs_pairs(const uint8_t* const* r, int nb, const uint32_t* wq, const float* wscale,
+                                     const uint32_t* wunit1, float* o) {
         constexpr int per = 8 / BITS, kRuns = HD * BITS / 8 / 32;
         static_assert(per % 2 == 0, "shift pairs");
         const __m512i mask = _mm512_set1_epi8(char((1 << BITS) - 1));
@@ -272,22 +277,30 @@ struct Avx512VnniQuantOps : Avx2QuantOps {
                         [](__m512i a, __m512i b) { return _mm512_unpacklo_epi16(a, b); },
                         [](__m512i a, __m512i b) { return _mm512_unpackhi_epi16(a, b); });
                 }
-                accumulate<GN, HD>(c, wq, wscale, g, o + cb * per * 32 + 64 * P);
+                accumulate<GN, HD>(c, wq, wscale, wunit1, g, o + cb * per * 32 + 64 * P);
             }
         }
     }
 
-    // o[h] slots oo .. oo + 64 += wscale * sum_k wq_k . c[k][j] (s32 sums of u8 x u8 quads).
+    // o[h] slots oo .. oo + 64 += unit_half * sum_k wq_k . c[k][j] per half block (quads 0-1 and
+    // 2-3; exact s32 sums of u8 x u8 quads).
     template <int GN, int HD>
-    static inline void accumulate(const __m512i (&c)[4][4], const uint32_t* wq, const float* wscale, int g, float* oo) {
+    static inline void accumulate(const __m512i (&c)[4][4], const uint32_t* wq, const float* wscale,
+                                  const uint32_t* wunit1, int g, float* oo) {
         for (int h = 0; h < GN; ++h) {
-            const uint32_t* wh = wq + (h * kMaxGroupsPerHead + g) * (kBlock / 2);
-            const __m512 f = _mm512_set1_ps(wscale[h * kMaxGroupsPerHead + g]);
+            const int hg = h * kMaxGroupsPerHead + g;
+            const uint32_t* wh = wq + hg * (kBlock / 2);
+            float u1;
+            std::memcpy(&u1, wunit1 + hg, 4);
+            const __m512 f0 = _mm512_set1_ps(wscale[hg]), f1 = _mm512_set1_ps(u1);
             float* oh = oo + h * HD;
             for (int j = 0; j < 4; ++j) {
-                __m512i acc = _mm512_setzero_si512();
-                for (int k = 0; k < 4; ++k) acc = _mm512_dpbusd_epi32(acc, _mm512_set1_epi32(int(wh[k])), c[k][j]);
-                _mm512_storeu_ps(oh + 16 * j, _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), f, _mm512_loadu_ps(oh + 16 * j)));
+                const __m512i a0 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi32(int(wh[0])), c[0][j]),
+                                                       _mm512_set1_epi32(int(wh[1])), c[1][j]);
+                const __m512i a1 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi32(int(wh[2])), c[2][j]),
+                                                       _mm512_set1_epi32(int(wh[3])), c[3][j]);
+                _mm512_storeu_ps(oh + 16 * j, _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0), f0,
+                                                              _mm512_fmadd_ps(_mm512_cvtepi32_ps(a1), f1, _mm512_loadu_ps(oh + 16 * j))));
             }
         }
     }
