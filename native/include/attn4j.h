@@ -27,7 +27,7 @@ extern "C" {
 #endif
 
 /* Bumped on every incompatible change of a struct layout or function signature. */
-#define ATTN4J_ABI_VERSION 2
+#define ATTN4J_ABI_VERSION 3
 
 /* ---- status ---------------------------------------------------------------------------- */
 typedef int32_t attn4j_status;
@@ -175,7 +175,8 @@ typedef struct attn4j_page_table {
  * quantized formats). k, v: [nnz_new, num_kv_heads, head_dim]; the tokens
  * append_indptr[i] .. append_indptr[i+1] (I32 [batch + 1]) become the LAST positions of sequence
  * i as described by `table`, which must already include them. Non-finite values are rejected
- * before anything is written. */
+ * before anything is written. CUDA: the table and the Inf/NaN scan are checked on the host, so
+ * the call synchronizes the context's current stream and cannot be captured in a CUDA graph. */
 attn4j_status attn4j_paged_kv_append(attn4j_context* ctx, const attn4j_paged_kv* cache,
                                      const attn4j_page_table* table,
                                      const attn4j_tensor* append_indptr, const attn4j_tensor* k,
@@ -241,10 +242,78 @@ attn4j_status attn4j_plan_destroy(attn4j_plan* plan);
 /* ---- merging partial states --------------------------------------------------------------- */
 /* Combines attention computed over disjoint KV parts: v [n, num_states, num_heads, head_dim]
  * (F32/F16/BF16), s [n, num_states, num_heads] (F32 LSE; -inf marks an empty part) ->
- * v_out [n, num_heads, head_dim], s_out NULL or [n, num_heads]. */
+ * v_out [n, num_heads, head_dim], s_out NULL or [n, num_heads]. On a CUDA context the call is
+ * enqueued on the context's stream and does not synchronize, so values are not checked: a NaN or
+ * +inf in s gives NaN in that row of v_out / s_out (a CPU context rejects them). */
 attn4j_status attn4j_merge_states(attn4j_context* ctx, const attn4j_tensor* v,
                                   const attn4j_tensor* s, attn4j_tensor* v_out,
                                   attn4j_tensor* s_out);
+
+/* ---- memory, streams and graphs ---------------------------------------------------------- */
+/* Memory of the context's device: cudaMalloc'ed device memory on a CUDA context, 64-byte aligned
+ * host memory on a CPU context. bytes > 0. Free with attn4j_memory_free on the same context
+ * (NULL is accepted). Not stream-ordered: allocate before capturing or timing. OUT_OF_MEMORY names
+ * the size and device (a CPU context refuses more than the machine's physical memory at once). */
+attn4j_status attn4j_memory_alloc(attn4j_context* ctx, int64_t bytes, void** out_ptr);
+attn4j_status attn4j_memory_free(attn4j_context* ctx, void* ptr);
+/* Page-locked host memory (cudaHostAlloc) for asynchronous copies on a CUDA context; ordinary
+ * 64-byte aligned host memory on a CPU context. Host-accessible in both cases. */
+attn4j_status attn4j_host_alloc_pinned(attn4j_context* ctx, int64_t bytes, void** out_ptr);
+attn4j_status attn4j_host_free_pinned(attn4j_context* ctx, void* ptr);
+/* Copies `bytes` between any two of host, pinned and device memory of this context
+ * (cudaMemcpyDefault) in the context's current stream. async == 0: returns when the copy is
+ * done. async != 0: returns after enqueueing (the source must stay unchanged and the destination
+ * unread until the stream is synchronized; pageable host memory may make it synchronous, as in
+ * CUDA). CPU context: memcpy, always synchronous. Overlapping ranges are rejected. */
+attn4j_status attn4j_memcpy(attn4j_context* ctx, void* dst, const void* src, int64_t bytes,
+                            int32_t async);
+
+/* A queue of device work. Every enqueuing call of a context (append, decode, prefill, merge,
+ * memcpy) goes to the context's current stream, set by attn4j_context_set_stream (initially the
+ * default stream, NULL). On a CPU context streams exist so code is device-agnostic: work runs
+ * synchronously inside the call and synchronize returns at once. A stream belongs to the context
+ * it was made from and keeps it alive. */
+typedef struct attn4j_stream attn4j_stream;
+/* A new non-blocking stream owned by attn4j (destroyed by attn4j_stream_destroy). */
+attn4j_status attn4j_stream_create(attn4j_context* ctx, attn4j_stream** out_stream);
+/* Borrows a caller's cudaStream_t (e.g. PyTorch's current stream) of the context's device; attn4j
+ * never destroys it. NULL wraps the default stream (runs on it are checked on the host, as without
+ * streams). CPU context: cuda_stream must be NULL. */
+attn4j_status attn4j_stream_wrap(attn4j_context* ctx, void* cuda_stream, attn4j_stream** out_stream);
+/* The cudaStream_t behind a stream (NULL on a CPU context), for interop and profilers. */
+attn4j_status attn4j_stream_native_handle(attn4j_stream* stream, void** out_handle);
+/* Waits for the stream's work. Then reports (INVALID_ARGUMENT) the first page table that the
+ * device found invalid in a run of this context enqueued without host-side checks (on any of its
+ * non-default streams, graph replays included) since the last report, naming the sequence, and
+ * clears it. */
+attn4j_status attn4j_stream_synchronize(attn4j_stream* stream);
+/* Synchronizes, then destroys (a borrowed stream is only released). NULL is accepted. A context's
+ * current stream must be reset (set_stream(ctx, NULL)) before it is destroyed, unless the stream
+ * holds the last reference to its context (context handle and plans destroyed). */
+attn4j_status attn4j_stream_destroy(attn4j_stream* stream);
+/* Later calls of ctx enqueue on `stream` (NULL: the default stream); `stream` must come from ctx.
+ * While the current stream is not the default one, decode runs do not synchronize: the page
+ * table's contents are checked on the device (sequences with an invalid table produce NaN output
+ * and LSE and are reported by the next attn4j_stream_synchronize), so the runs can be captured in
+ * a CUDA graph. Rejected while the current stream is capturing. */
+attn4j_status attn4j_context_set_stream(attn4j_context* ctx, attn4j_stream* stream);
+
+/* CUDA graphs: capture a sequence of calls once, replay it with one launch. The stream must be
+ * its context's current stream and not wrap the default stream. Between begin and end, calls of
+ * the stream's context are recorded, not executed; calls that cannot be captured (memory_alloc /
+ * _free, host_alloc_pinned / free_pinned, synchronous memcpy, paged_kv_append, stream_synchronize)
+ * fail with INVALID_ARGUMENT and abort the capture (capture_end then says which call did). The
+ * capture is thread-local (cudaStreamCaptureModeThreadLocal): make the calls from the capturing
+ * thread; other threads' CUDA work is unaffected. Replays use the pointers captured: update the
+ * CONTENTS of the tensors between launches, never their addresses; a graph keeps its context alive
+ * but not the plans and buffers it uses. Launch on any stream of the graph's context. A capture
+ * the caller began on a wrapped stream (e.g. torch.cuda.graph) records the capturable calls too;
+ * the others then fail and leave that capture alone. CPU contexts: UNSUPPORTED. */
+typedef struct attn4j_graph attn4j_graph;
+attn4j_status attn4j_graph_capture_begin(attn4j_stream* stream);
+attn4j_status attn4j_graph_capture_end(attn4j_stream* stream, attn4j_graph** out_graph);
+attn4j_status attn4j_graph_launch(attn4j_graph* graph, attn4j_stream* stream);
+attn4j_status attn4j_graph_destroy(attn4j_graph* graph);
 
 /* ---- diagnostics ------------------------------------------------------------------------- */
 /* STREAM-like read bandwidth of this context's threads over a buffer of `bytes`, best of

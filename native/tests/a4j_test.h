@@ -52,6 +52,16 @@ inline attn4j_tensor tensor(void* data, attn4j_dtype dtype, std::vector<int64_t>
     return t;
 }
 
+// A C ABI call's status is `want`, and on failure attn4j_last_error() contains `needle` (e.g. the
+// argument's name); prints the message.
+inline void expect_status(const char* what, attn4j_status got, attn4j_status want, const char* needle) {
+    const std::string msg = got == ATTN4J_OK ? "" : attn4j_last_error();
+    std::printf("  %-44s -> %s %s\n", what, attn4j_status_name(got), msg.c_str());
+    report(got == want && (got == ATTN4J_OK || msg.find(needle) != std::string::npos), what, __FILE__, __LINE__,
+           std::string("got ") + attn4j_status_name(got) + " '" + msg + "', wanted " + attn4j_status_name(want) +
+               " with '" + needle + "'");
+}
+
 }  // namespace a4j_test
 
 #define CHECK(cond) a4j_test::report((cond), #cond, __FILE__, __LINE__, "")

@@ -7,8 +7,8 @@
 // bytes BF16 256, INT8 136, INT4 72, INT2 40 per head, each of K and V) / median time.
 // Also (--diag 1, default) at 1 x 128k and 64 x 4k: the generic kernel (any group size; the default
 // takes the one-group-per-token kernel here) and a copy-only run (pages streamed through the same
-// pipeline, no math: the kernel's memory ceiling), and the previous per-kv-head kernel ("old",
-// ATTN4J_CUDA_QDECODE=old) for comparison with the page-major default.
+// pipeline, no math: the kernel's memory ceiling); at every shape the page-major kernel
+// (ATTN4J_CUDA_QDECODE=pages) for comparison with the per-kv-head default.
 // Usage: bench_cuda_quant_decode [--json PATH] [--reps N] [--shapes b:L,...] [--diag 0|1]
 #include <cuda_runtime.h>
 
@@ -102,8 +102,10 @@ int main(int argc, char** argv) {
         std::vector<Cfg> cfgs = {{16, ""}, {8, ""}, {4, ""}, {2, ""}};
         if (diag && (L >= 131072 || B >= 64))
             for (Cfg c : {Cfg{4, "generic"}, Cfg{2, "generic"}, Cfg{8, "copy_only"}, Cfg{4, "copy_only"},
-                          Cfg{2, "copy_only"}, Cfg{8, "old"}, Cfg{4, "old"}, Cfg{2, "old"}, Cfg{2, "old,copy_only"}})
+                          Cfg{2, "copy_only"}, Cfg{2, "pages,copy_only"}})
                 cfgs.push_back(c);
+        if (diag)
+            for (Cfg c : {Cfg{8, "pages"}, Cfg{4, "pages"}, Cfg{2, "pages"}}) cfgs.push_back(c);
         for (const Cfg& cfg : cfgs) {
             const int bits = cfg.bits;
             QuantFormat f;

@@ -4,13 +4,15 @@
 # across objects by the linker, which keeps ONE copy: an AVX-512 copy of a helper could then run on
 # the AVX2 or scalar path and fault on CPUs without AVX-512. Helpers shared by ISA units live in
 # anonymous namespaces for that reason; this check keeps it true.
-# Usage: check_isa_symbols.sh <nm> <object>...
+# Usage: check_isa_symbols.sh <nm> <object>[;<object>...]...
 set -euo pipefail
 nm_bin="$1"
 shift
 status=0
 checked=0
-for obj in "$@"; do
+# ctest passes the object list as one ';'-separated argument: split it.
+IFS=';' read -r -a objects <<< "$*"
+for obj in "${objects[@]}"; do
     case "$(basename "$obj")" in
         *_avx2.cpp.o | *_avx512*.cpp.o) ;;
         *) continue ;;

@@ -3,7 +3,7 @@
 // 128 and 64, BF16 KV, page 16, ragged batches, poisoned outputs and unreferenced pages), then bad
 // inputs that must come back as statuses naming the argument (host q, cache on another device,
 // out-of-range page id, empty sequence, misaligned out / cache, wrong dtype, host memory labelled
-// CUDA), each followed by a correct run; prefill and merge stay UNSUPPORTED on CUDA.
+// CUDA), each followed by a correct run; prefill stays UNSUPPORTED on CUDA.
 // Without a CUDA device it prints "SKIP: no CUDA device" and exits 0.
 #include <cuda_runtime.h>
 
@@ -429,14 +429,6 @@ int main() {
         // Append runs on CUDA (test_cuda_append); here k and v have the query's head count.
         expect("append k heads", attn4j_paged_kv_append(ctx, &P.cache, &P.table, &ai, &P.tq, &P.tq),
                ATTN4J_ERR_INVALID_ARGUMENT, "k: shape[1]");
-        // merge_states checks its arguments first (device tensors of the right shapes here).
-        float* dm = nullptr;
-        CK(cudaMalloc(reinterpret_cast<void**>(&dm), (2 * 8 * 64 + 2 * 8) * sizeof(float)));
-        attn4j_tensor mv = dev_tensor(dm, ATTN4J_DTYPE_F32, {1, 2, 8, 64});
-        attn4j_tensor ms = dev_tensor(dm + 2 * 8 * 64, ATTN4J_DTYPE_F32, {1, 2, 8});
-        expect("merge_states", attn4j_merge_states(ctx, &mv, &ms, &P.tout, nullptr), UNS,
-               "merge_states on CUDA device 0 is not implemented");
-        cudaFree(dm);
     }
 
     // A CPU plan given device tensors says so.

@@ -49,7 +49,7 @@ struct Case {
     bool lse;
     int force_chunks;
     bool graph;
-    const char* mode = "";  // ATTN4J_CUDA_QDECODE for this case's plan ("old": per-kv-head kernel)
+    const char* mode = "";  // ATTN4J_CUDA_QDECODE for this case's plan ("pages": page-major kernel)
 };
 
 const char* rot_name(attn4j_rotation r) {
@@ -377,17 +377,17 @@ int main(int argc, char** argv) {
                     {std::min(max_len, 500), 3}, ATTN4J_DTYPE_BF16, ATTN4J_DTYPE_BF16, false, 0, false});
     list.push_back({64, 64, 2, ATTN4J_DTYPE_F16, ATTN4J_ROTATION_NONE, ATTN4J_ROTATION_HADAMARD, 5, 8, 2,
                     {std::min(max_len, 900), 17, 1}, ATTN4J_DTYPE_F32, ATTN4J_DTYPE_F16, true, 5, false});
-    // fixed, previous per-kv-head kernel forced (still the path for group > 8 and odd page sizes)
+    // fixed, page-major kernel requested (the default is the per-kv-head kernel)
     for (int bits : {4, 2}) {
         Case c{128, 128, bits, ATTN4J_DTYPE_F32, ATTN4J_ROTATION_HADAMARD, ATTN4J_ROTATION_HADAMARD, 8, 4, 16,
                {std::min(max_len, 3000), 100}, ATTN4J_DTYPE_BF16, ATTN4J_DTYPE_BF16, true, 0, false};
-        c.mode = "old";
+        c.mode = "pages";
         list.push_back(c);
     }
-    {  // old kernel, generic dequantization (G < D) and per-head matrix rotations on both sides
+    {  // page-major kernel, generic dequantization (G < D) and per-head matrix rotations on both sides
         Case c{64, 32, 8, ATTN4J_DTYPE_F16, ATTN4J_ROTATION_MATRIX, ATTN4J_ROTATION_MATRIX, 3, 8, 16,
                {std::min(max_len, 1500), 33}, ATTN4J_DTYPE_F16, ATTN4J_DTYPE_F32, true, 0, false};
-        c.mode = "old";
+        c.mode = "pages";
         list.push_back(c);
     }
     std::mt19937_64 rng(seed);

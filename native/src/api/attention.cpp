@@ -73,7 +73,7 @@ attn4j_plan* make_plan(attn4j_context* ctx, const attn4j_attention_desc* desc, b
     plan->ctx = ctx->state;
     plan->desc = d;
     if (c.device_type == ATTN4J_DEVICE_CUDA)
-        plan->cuda_decode = make_cuda_decode_plan(d, c.device_id);
+        plan->cuda_decode = make_cuda_decode_plan(d, c);
     else if (decode)
         plan->decode = cpu::make_decode_kernel(d, c.num_threads);
     else

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "api/paged_kv_checks.h"
+#include "api/stream.h"
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/validate.h"
@@ -34,11 +35,13 @@ namespace {
 
 using S = std::string;
 
-// Synchronous device-to-host copy of n int32 (n may be 0) into a reused pinned buffer.
-const int32_t* copy_back(PinnedI32& dst, const void* src, int64_t n, const char* name, int device) {
+// Device-to-host copy of n int32 (n may be 0) into a reused pinned buffer, in stream order (the
+// table may have been written by earlier work on the stream); returns when it is done.
+const int32_t* copy_back(PinnedI32& dst, const void* src, int64_t n, const char* name, int device, cudaStream_t stream) {
     int32_t* h = dst.reserve(std::max<int64_t>(n, 1), name);
     if (n <= 0) return h;
-    const cudaError_t e = cudaMemcpy(h, src, size_t(n) * sizeof(int32_t), cudaMemcpyDeviceToHost);
+    cudaError_t e = cudaMemcpyAsync(h, src, size_t(n) * sizeof(int32_t), cudaMemcpyDeviceToHost, stream);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(stream);
     if (e != cudaSuccess)
         cuda_fail(e, S("attn4j_paged_kv_append: copying ") + name + " to the host for validation failed on cuda:" +
                          std::to_string(device) +
@@ -97,6 +100,8 @@ void CudaAppendScratchDeleter::operator()(CudaAppendScratch* p) const noexcept {
 void cuda_paged_kv_append(Context& c, const PagedKvView& kv, const attn4j_page_table* table,
                           const attn4j_tensor* append_indptr, const attn4j_tensor* k, const attn4j_tensor* v) {
     const int device = c.device_id;
+    api::reject_if_capturing(c.current_stream, "attn4j_paged_kv_append (it checks the page table on the host)");
+    const cudaStream_t stream = static_cast<cudaStream_t>(c.cuda_stream);
     const PageTableDims dims = check_page_table_tensors(table, ATTN4J_DEVICE_CUDA, device, "ctx");
     const attn4j_tensor& ap_t = check_tensor(append_indptr, "append_indptr");
     expect_rank(ap_t, "append_indptr", 1);
@@ -116,12 +121,12 @@ void cuda_paged_kv_append(Context& c, const PagedKvView& kv, const attn4j_page_t
     if (!c.cuda_append) c.cuda_append.reset(new CudaAppendScratch());
     CudaAppendScratch& sc = *c.cuda_append;
     // Page table and append counts: host copies, then the CPU path's checks.
-    const int32_t* indptr = copy_back(sc.indptr, table->indptr.data, dims.batch + 1, "table.indptr", device);
+    const int32_t* indptr = copy_back(sc.indptr, table->indptr.data, dims.batch + 1, "table.indptr", device, stream);
     check_page_table_indptr(indptr, dims);
-    const int32_t* last = copy_back(sc.last, table->last_page_len.data, dims.batch, "table.last_page_len", device);
-    const int32_t* indices = copy_back(sc.indices, table->indices.data, indptr[dims.batch], "table.indices", device);
+    const int32_t* last = copy_back(sc.last, table->last_page_len.data, dims.batch, "table.last_page_len", device, stream);
+    const int32_t* indices = copy_back(sc.indices, table->indices.data, indptr[dims.batch], "table.indices", device, stream);
     check_page_table_pages(indptr, indices, last, dims.batch, kv, /*allow_empty=*/true);
-    const int32_t* ap = copy_back(sc.append, append_indptr->data, ap_t.shape[0], "append_indptr", device);
+    const int32_t* ap = copy_back(sc.append, append_indptr->data, ap_t.shape[0], "append_indptr", device, stream);
     PageTableView host_table;
     host_table.batch = int32_t(dims.batch);
     host_table.indptr = indptr;
@@ -144,14 +149,16 @@ void cuda_paged_kv_append(Context& c, const PagedKvView& kv, const attn4j_page_t
     void* scratch = sc.device(2 * sizeof(unsigned long long) + clips.size() * sizeof(float));
     unsigned long long* d_first = static_cast<unsigned long long*>(scratch);
     float* d_clips = reinterpret_cast<float*>(d_first + 2);
-    cudaError_t e = cudaMemcpy(d_clips, clips.data(), clips.size() * sizeof(float), cudaMemcpyHostToDevice);
+    // Pageable source: the copy is staged before cudaMemcpyAsync returns, so `clips` may change.
+    cudaError_t e = cudaMemcpyAsync(d_clips, clips.data(), clips.size() * sizeof(float), cudaMemcpyHostToDevice, stream);
     // Nothing is written unless every value is finite.
-    if (e == cudaSuccess) e = cudaMemset(d_first, 0xFF, 2 * sizeof(unsigned long long));
+    if (e == cudaSuccess) e = cudaMemsetAsync(d_first, 0xFF, 2 * sizeof(unsigned long long), stream);
     const RowsHeadsView kr = rows_heads_view(*k), vr = rows_heads_view(*v);
-    if (e == cudaSuccess) e = cuda::find_nonfinite(kr, nnz, kv.num_kv_heads, kv.head_dim, d_first, nullptr);
-    if (e == cudaSuccess) e = cuda::find_nonfinite(vr, nnz, kv.num_kv_heads, kv.head_dim, d_first + 1, nullptr);
+    if (e == cudaSuccess) e = cuda::find_nonfinite(kr, nnz, kv.num_kv_heads, kv.head_dim, d_first, stream);
+    if (e == cudaSuccess) e = cuda::find_nonfinite(vr, nnz, kv.num_kv_heads, kv.head_dim, d_first + 1, stream);
     unsigned long long first[2] = {~0ull, ~0ull};
-    if (e == cudaSuccess) e = cudaMemcpy(first, d_first, sizeof first, cudaMemcpyDeviceToHost);
+    if (e == cudaSuccess) e = cudaMemcpyAsync(first, d_first, sizeof first, cudaMemcpyDeviceToHost, stream);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(stream);
     if (e != cudaSuccess) cuda_fail(e, "attn4j_paged_kv_append: Inf/NaN scan of k and v on cuda:" + std::to_string(device));
     if (first[0] != ~0ull) report_nonfinite(*k, "k", first[0]);
     if (first[1] != ~0ull) report_nonfinite(*v, "v", first[1]);
@@ -171,8 +178,10 @@ void cuda_paged_kv_append(Context& c, const PagedKvView& kv, const attn4j_page_t
     a.hadamard_scale = float(1.0 / std::sqrt(double(kv.head_dim)));
     a.page_stride_bytes = kv.page_stride_bytes();
     a.head_stride_bytes = kv.head_stride_bytes();
-    e = cuda::paged_kv_append(a, nullptr);
-    if (e == cudaSuccess) e = cudaDeviceSynchronize();
+    e = cuda::paged_kv_append(a, stream);
+    // Kernel errors are reported by this call; the scratch is then free for the next append even
+    // if the current stream changes in between.
+    if (e == cudaSuccess) e = cudaStreamSynchronize(stream);
     if (e != cudaSuccess) cuda_fail(e, "attn4j_paged_kv_append: append kernel on cuda:" + std::to_string(device));
 }
 

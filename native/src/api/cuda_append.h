@@ -1,7 +1,8 @@
 // attn4j_paged_kv_append on a CUDA context: the device half (host copies of the page table and
 // append_indptr checked as on CPU, device pointer checks, an Inf/NaN scan of k and v on the
-// device before anything is written, then the append kernel). Synchronizes with the legacy
-// default stream (like decode runs in this release). Buffers come from the context's
+// device before anything is written, then the append kernel), all on the context's current
+// stream, which it synchronizes (several times: the checks run on the host), so appends cannot be
+// captured in a CUDA graph (rejected during a capture). Buffers come from the context's
 // CudaAppendScratch and are reused across calls. Builds without CUDA: UNSUPPORTED.
 #pragma once
 

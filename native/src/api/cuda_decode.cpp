@@ -1,11 +1,13 @@
 // Decode plans on a CUDA context (see cuda_decode.h).
 //
-// This version's run validates the page table on the host: indptr, last_page_len and the used
-// part of indices are copied (cudaMemcpy, synchronous) into a pinned buffer owned by the plan and
-// checked exactly as on CPU before the kernel is launched, so a bad page id is a status and never
-// an illegal memory access (which would poison the whole CUDA context). The price is one
-// synchronization per run, which also makes the run impossible to capture in a CUDA graph; a
-// capture-safe unchecked mode comes with streams (docs/DESIGN-NOTES.md, GPU).
+// On the default stream a run validates the page table on the host: indptr, last_page_len and the
+// used part of indices are copied (synchronously) into a pinned buffer owned by the plan and
+// checked exactly as on CPU before the kernel is launched, so a bad page id is a status of the
+// call. The price is one synchronization per run. On any other stream the run reads nothing back
+// (no copy, no synchronization, no allocation: it can be captured in a CUDA graph) and the kernels
+// check the table themselves (cuda/table_check.cuh): a bad sequence gets NaN rows and is reported
+// by the next attn4j_stream_synchronize. Either way no page id outside the cache is ever read, so
+// a bad table never becomes an illegal memory access (which would poison the whole CUDA context).
 #include "api/guard.h"
 
 #include "api/cuda_decode.h"
@@ -21,6 +23,7 @@
 #ifdef ATTN4J_HAVE_CUDA
 #include <cuda_runtime.h>
 
+#include "api/cuda_table_errors.h"
 #include "api/cuda_util.h"
 #include "cuda/decode.cuh"
 #include "cuda/decode_quant.cuh"
@@ -33,8 +36,8 @@ namespace attn4j {
 class CudaDecodePlan {};
 void CudaDecodePlanDeleter::operator()(CudaDecodePlan* p) const noexcept { delete p; }
 
-CudaDecodePlanPtr make_cuda_decode_plan(const attn4j_attention_desc&, int device_id) {
-    fail(ATTN4J_ERR_UNSUPPORTED, "ctx: decode plan on CUDA device " + std::to_string(device_id) +
+CudaDecodePlanPtr make_cuda_decode_plan(const attn4j_attention_desc&, Context& ctx) {
+    fail(ATTN4J_ERR_UNSUPPORTED, "ctx: decode plan on CUDA device " + std::to_string(ctx.device_id) +
                                      ": this library was built without CUDA");
 }
 
@@ -48,10 +51,10 @@ using S = std::string;
 
 class CudaDecodePlan {
 public:
-    CudaDecodePlan(const attn4j_attention_desc& d, int device) : desc_(d), device_(device) {
-        DeviceScope scope(device);
-        kernel_ = quant_bits(d.kv_dtype) ? cuda::make_quant_decode_kernel(d, device)
-                                         : cuda::make_decode_kernel(d, device);
+    CudaDecodePlan(const attn4j_attention_desc& d, Context& ctx) : desc_(d), ctx_(ctx), device_(ctx.device_id) {
+        DeviceScope scope(device_);
+        kernel_ = quant_bits(d.kv_dtype) ? cuda::make_quant_decode_kernel(d, device_)
+                                         : cuda::make_decode_kernel(d, device_);
         hdr_.reserve(2 * int64_t(d.max_batch_size) + 1, "the page table");
         idx_.reserve(int64_t(d.max_batch_size) * 16, "the page table");
     }
@@ -85,7 +88,29 @@ public:
         check_device_pointer(table.indices.data, "table.indices", device_);
         check_device_pointer(table.last_page_len.data, "table.last_page_len", device_);
 
-        // Page table contents: host copies, then the CPU path's checks.
+        const cudaStream_t stream = static_cast<cudaStream_t>(ctx_.cuda_stream);
+        cuda::TableCheck check;
+        check.num_indices = dims.n_indices;
+        if (stream) {
+            if (!ctx_.cuda_table_errors)
+                fail(ATTN4J_ERR_INTERNAL, "plan: stream without a page-table error record (please report)");
+            check.record = ctx_.cuda_table_errors->device_record();
+        } else {
+            check_table_on_host(a, table, dims);
+        }
+        a.table.batch = int32_t(dims.batch);
+        a.table.indptr = static_cast<const int32_t*>(table.indptr.data);
+        a.table.indices = static_cast<const int32_t*>(table.indices.data);
+        a.table.last_page_len = static_cast<const int32_t*>(table.last_page_len.data);
+        const cudaError_t e = kernel_->run(a, stream, check);
+        if (e != cudaSuccess)
+            cuda_fail(e, "attn4j_decode_run: CUDA decode launch on cuda:" + std::to_string(device_) +
+                             " failed");
+    }
+
+private:
+    // Default stream: host copies of the page table, then the CPU path's checks.
+    void check_table_on_host(const DecodeArgs& a, const attn4j_page_table& table, const PageTableDims& dims) {
         const int64_t batch = dims.batch;
         int32_t* h = hdr_.reserve(2 * batch + 1, "the page table");
         int32_t* h_indptr = h;
@@ -97,18 +122,8 @@ public:
         int32_t* h_idx = idx_.reserve(std::max<int64_t>(used, 1), "the page table");
         copy(h_idx, table.indices.data, used, "table.indices");
         check_page_table_pages(h_indptr, h_idx, h_last, batch, a.kv);
-
-        a.table.batch = int32_t(batch);
-        a.table.indptr = static_cast<const int32_t*>(table.indptr.data);
-        a.table.indices = static_cast<const int32_t*>(table.indices.data);
-        a.table.last_page_len = static_cast<const int32_t*>(table.last_page_len.data);
-        const cudaError_t e = kernel_->run(a, /*legacy default stream*/ nullptr);
-        if (e != cudaSuccess)
-            cuda_fail(e, "attn4j_decode_run: CUDA decode launch on cuda:" + std::to_string(device_) +
-                             " failed");
     }
 
-private:
     // Quantized cache: what the generic checks leave to the device (validate.cpp checked the
     // format itself): the plan's kv dtype, 4-byte aligned pages (16-byte aligned pages with a
     // 16-byte multiple per (page, head) block take the faster 16-byte copies), and rotation
@@ -144,6 +159,7 @@ private:
     }
 
     attn4j_attention_desc desc_;
+    Context& ctx_;  // outlives the plan (attn4j_plan holds it)
     int device_;
     std::unique_ptr<cuda::DecodeKernel> kernel_;
     PinnedI32 hdr_;  // indptr [batch + 1] then last_page_len [batch]
@@ -157,7 +173,7 @@ void CudaDecodePlanDeleter::operator()(CudaDecodePlan* p) const noexcept {
     }
 }
 
-CudaDecodePlanPtr make_cuda_decode_plan(const attn4j_attention_desc& d, int device_id) {
+CudaDecodePlanPtr make_cuda_decode_plan(const attn4j_attention_desc& d, Context& ctx) {
     if (!cuda::decode_supported(d) && !cuda::quant_decode_supported(d))
         fail(ATTN4J_ERR_UNSUPPORTED,
              S("desc: not supported by CUDA decode (head_dim ") + std::to_string(d.head_dim) +
@@ -168,7 +184,7 @@ CudaDecodePlanPtr make_cuda_decode_plan(const attn4j_attention_desc& d, int devi
     if (d.max_batch_size > 65535)
         fail(ATTN4J_ERR_UNSUPPORTED, "desc.max_batch_size: " + std::to_string(d.max_batch_size) +
                                          " exceeds 65535, the most CUDA decode supports");
-    return CudaDecodePlanPtr(new CudaDecodePlan(d, device_id));
+    return CudaDecodePlanPtr(new CudaDecodePlan(d, ctx));
 }
 
 void cuda_decode_run(CudaDecodePlan& plan, DecodeArgs& a, const attn4j_page_table& table,

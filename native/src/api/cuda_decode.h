@@ -15,16 +15,18 @@ namespace attn4j {
 
 using CudaDecodePlanPtr = std::unique_ptr<CudaDecodePlan, CudaDecodePlanDeleter>;
 
-// `desc` is validated already. UNSUPPORTED (with what is supported) for a desc the CUDA kernels
+// `desc` is validated already; the plan runs on ctx's device and enqueues on ctx's current stream
+// (ctx must outlive the plan). UNSUPPORTED (with what is supported) for a desc the CUDA kernels
 // lack; DEVICE / OUT_OF_MEMORY for CUDA failures. Builds without CUDA: UNSUPPORTED.
-CudaDecodePlanPtr make_cuda_decode_plan(const attn4j_attention_desc& desc, int device_id);
+CudaDecodePlanPtr make_cuda_decode_plan(const attn4j_attention_desc& desc, Context& ctx);
 
 // One decode. `a` holds the checked q / out / lse / kv views (device pointers); `a.table` is
 // filled here from `table`, whose tensors passed check_page_table_tensors on the plan's device.
-// Before launching: 16-byte alignment of the pages, cudaPointerGetAttributes of every buffer
-// (host memory labelled CUDA, memory of another GPU), and the page table's CONTENTS, copied
-// synchronously to a plan-owned pinned buffer and checked as on CPU. So this call synchronizes
-// with the legacy default stream (the kernel itself is enqueued asynchronously on it).
+// Before launching: 16-byte alignment of the pages and cudaPointerGetAttributes of every buffer
+// (host memory labelled CUDA, memory of another GPU). On the default stream the page table's
+// CONTENTS are then copied synchronously to a plan-owned pinned buffer and checked as on CPU (the
+// call synchronizes with the legacy default stream); on any other stream the kernels check them
+// and nothing is read back (capturable; errors reach attn4j_stream_synchronize).
 void cuda_decode_run(CudaDecodePlan& plan, DecodeArgs& a, const attn4j_page_table& table,
                      const PageTableDims& dims);
 

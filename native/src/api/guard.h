@@ -14,14 +14,17 @@
 #include "core/context.h"
 #include "core/error.h"
 #include "core/last_error.h"
+#include "core/trace.h"
 
 namespace attn4j::api {
 
 // Runs `body` and maps every outcome to a status: attn4j::Error -> its status, std::bad_alloc ->
 // ATTN4J_ERR_OUT_OF_MEMORY, anything else -> ATTN4J_ERR_INTERNAL; failures set the thread's last
-// error. A successful call leaves the last error as it was.
+// error. A successful call leaves the last error as it was. The call is one profiler range named
+// `function` (core/trace.h), error mapping included.
 template <class F>
 attn4j_status guard(const char* function, F&& body) noexcept {
+    const TraceScope range(function);
     try {
         body();
         return ATTN4J_OK;
@@ -52,13 +55,13 @@ inline Context& context_of(attn4j_context* ctx, const char* name = "ctx") {
     return *ctx->state;
 }
 
-// Operations with no CUDA kernel yet (everything but decode in this release).
+// Operations with no CUDA kernel yet (prefill, measure_read_bandwidth).
 inline void require_cpu_context(const Context& c, const char* what) {
     if (c.device_type != ATTN4J_DEVICE_CPU)
         fail(ATTN4J_ERR_UNSUPPORTED,
              std::string("ctx: ") + what + " on CUDA device " + std::to_string(c.device_id) +
-                 " is not implemented in this release (only decode plans run on CUDA); use a "
-                 "CPU context");
+                 " is not implemented in this release (decode, append and merge_states run on "
+                 "CUDA); use a CPU context");
 }
 
 }  // namespace attn4j::api

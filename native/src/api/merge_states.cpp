@@ -1,9 +1,11 @@
-// attn4j_merge_states.
+// attn4j_merge_states: argument checks for both devices, then the CPU kernel or the CUDA one
+// (api/cuda_merge_states.h).
 #include "api/guard.h"
 
 #include <cmath>
 #include <string>
 
+#include "api/cuda_merge_states.h"
 #include "core/dtype.h"
 #include "core/validate.h"
 #include "cpu/merge_states.h"
@@ -75,8 +77,6 @@ attn4j_status attn4j_merge_states(attn4j_context* ctx, const attn4j_tensor* v,
         const char* names[4] = {"v", "s", "v_out", "s_out"};
         for (int i = 0; i < 4; ++i)
             if (all[i]) expect_device(*all[i], names[i], c.device_type, c.device_id, "ctx");
-        api::require_cpu_context(c, "merge_states");
-        check_merge_values(tv, ts);
 
         cpu::MergeStatesArgs a;
         a.n = n;
@@ -101,6 +101,11 @@ attn4j_status attn4j_merge_states(attn4j_context* ctx, const attn4j_tensor* v,
             a.s_out_stride[0] = s_out->strides[0];
             a.s_out_stride[1] = s_out->strides[1];
         }
+        if (c.device_type == ATTN4J_DEVICE_CUDA) {
+            cuda_merge_states(c, a);
+            return;
+        }
+        check_merge_values(tv, ts);
         if (n * H > 0) cpu::merge_states(a, c.num_threads);
     });
 }

@@ -17,11 +17,27 @@ struct CudaAppendScratchDeleter {
     void operator()(CudaAppendScratch* p) const noexcept;
 };
 
+// Where decode kernels on a non-default stream report the first page table they found invalid
+// (api/cuda_table_errors.cpp; defined only in CUDA builds): mapped pinned memory, read and
+// cleared by attn4j_stream_synchronize.
+class CudaTableErrors;
+struct CudaTableErrorsDeleter {
+    void operator()(CudaTableErrors* p) const noexcept;
+};
+
 struct Context {
     attn4j_device_type device_type = ATTN4J_DEVICE_CPU;
     int32_t device_id = 0;
     int num_threads = 1;  // resolved: > 0
+    // cudaStream_t of the current stream (attn4j_context_set_stream); nullptr = the default
+    // stream. Every CUDA launch and copy of this context goes there.
+    void* cuda_stream = nullptr;
+    // The stream handle behind cuda_stream (nullptr = the default stream): its capture state and
+    // the check that a stream is not destroyed while current.
+    attn4j_stream* current_stream = nullptr;
     std::unique_ptr<CudaAppendScratch, CudaAppendScratchDeleter> cuda_append;  // made on first use
+    // Made when a non-default stream first becomes current.
+    std::unique_ptr<CudaTableErrors, CudaTableErrorsDeleter> cuda_table_errors;
 };
 
 // Number of CUDA devices visible; 0 without CUDA support in the build, driver or GPU. Never

@@ -1,5 +1,7 @@
 // Validated views that the api/ layer hands to backend kernels. Everything here has already been
-// checked (shapes, dtypes, bounds, page ids, finiteness of inputs), so kernels do no validation.
+// checked (shapes, dtypes, bounds, page ids, finiteness of inputs), so kernels do no validation,
+// with one exception: CUDA decode runs on a non-default stream leave the page table's CONTENTS
+// to the kernels (cuda/table_check.cuh), since reading them on the host would synchronize.
 #pragma once
 
 #include <cstdint>

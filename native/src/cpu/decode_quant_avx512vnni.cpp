@@ -219,13 +219,8 @@ struct Avx512VnniQuantOps : Avx2QuantOps {
     template <int BITS, int GN, int HD>
     static inline void pv_int(const uint8_t* const* rows, int n, int nb, const uint32_t* wquads, const float* wscale,
                               const uint32_t* wunit1, const float* alpha, float* o) {
-        for (int h = 0; h < GN; ++h)
-            if (alpha[h] != 1.f) {
-                const __m512 al = _mm512_set1_ps(alpha[h]);
-                for (int i = 0; i < HD; i += 16) _mm512_storeu_ps(o + h * HD + i, _mm512_mul_ps(_mm512_loadu_ps(o + h * HD + i), al));
-            }
         const uint8_t* r[kBlock];
-        for (int t = 0; t < kBlock; ++t) r[t] = rows[t < n ? t : n - 1];  // weights of t >= n are 0
+        begin_pv_block<GN, HD>(rows, n, alpha, o, r);
         if (pv_run<BITS, HD>(nb) == 64)
             pv_runs512<BITS, GN, HD>(r, nb, wquads, wscale, wunit1, o);
         else

@@ -230,6 +230,18 @@ struct Avx2QuantOps : Avx2FloatOps {
         store(zacc, fma(err, set1(mid), load(zacc)));
     }
 
+    // Start of an integer PV block: o *= alpha per head; r = the block's 16 rows, a short block
+    // padded with its last row (the weights of tokens >= n are 0).
+    template <int GN, int HD>
+    static inline void begin_pv_block(const uint8_t* const* rows, int n, const float* alpha, float* o, const uint8_t** r) {
+        for (int h = 0; h < GN; ++h)
+            if (alpha[h] != 1.f) {
+                const V al = set1(alpha[h]);
+                for (int i = 0; i < HD; i += 8) store(o + h * HD + i, mul(load(o + h * HD + i), al));
+            }
+        for (int t = 0; t < kBlock; ++t) r[t] = rows[t < n ? t : n - 1];
+    }
+
     // Integer PV (INT4 / INT2, n >= 32): per 32-byte run of codes and shift, token pairs
     // interleaved byte-wise (vpunpck{l,h}bw) and multiplied by the pair's u8 weights
     // (vpmaddubsw: weights unsigned, codes <= 15 signed), s16 sums over each half block's 4
@@ -240,13 +252,8 @@ struct Avx2QuantOps : Avx2FloatOps {
                               const uint32_t* wratio, const float* alpha, float* o) {
         constexpr int per = 8 / BITS, kRuns = HD * BITS / 8 / 32;
         const __m256i mask = _mm256_set1_epi8(char((1 << BITS) - 1));
-        for (int h = 0; h < GN; ++h)
-            if (alpha[h] != 1.f) {
-                const V al = set1(alpha[h]);
-                for (int i = 0; i < HD; i += 8) store(o + h * HD + i, mul(load(o + h * HD + i), al));
-            }
         const uint8_t* r[kBlock];
-        for (int t = 0; t < kBlock; ++t) r[t] = rows[t < n ? t : n - 1];  // weights of t >= n are 0
+        begin_pv_block<GN, HD>(rows, n, alpha, o, r);
         for (int cb = 0; cb < kRuns; ++cb) {
             const int g = cb * 32 / nb;
 #pragma GCC unroll 4

@@ -58,6 +58,9 @@ struct Params {
     int page_size, page_shift;  // page_shift >= 0 when page_size is a power of two
     int num_chunks, min_chunk_pages;
     int head_dim;  // merge kernel only
+    int num_pages;  // page ids are checked against these (cuda/table_check.cuh)
+    int64_t num_indices;
+    TableErrorRecord* table_errors;
 };
 
 __device__ __forceinline__ float ex2(float x) {
@@ -137,17 +140,28 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p) {
     const int b = blockIdx.z;
 
     const int page_beg = p.indptr[b];
-    const int np = p.indptr[b + 1] - page_beg;
+    const int page_end = p.indptr[b + 1];
+    const int last_len = p.last_page_len[b];
+    if (!sequence_table_ok(p, b, page_beg, page_end, last_len)) {
+        if (c == 0) write_nan_rows(p, b, kvh * p.group + tile * GT, min(GT, p.group - tile * GT), D);
+        return;
+    }
+    const int np = page_end - page_beg;
     int per, used;
     chunk_geometry(np, p.num_chunks, p.min_chunk_pages, per, used);
     if (c >= used) return;
     const int pg0 = c * per;
     const int pg1 = min(np, pg0 + per);
     const int ps = p.page_size;
-    const int chunk_len = pg1 == np ? (pg1 - pg0 - 1) * ps + p.last_page_len[b] : (pg1 - pg0) * ps;
+    const int chunk_len = pg1 == np ? (pg1 - pg0 - 1) * ps + last_len : (pg1 - pg0) * ps;
     const int* pages = p.indices + page_beg + pg0;
 
     const int tid = threadIdx.x;
+    // The chunk's page ids are checked up front by every warp, so the verdict is CTA-uniform with
+    // no barrier and the pipeline reads ids unchecked; a bad one: no page is read, NaN rows.
+    bool bad_page = false;
+    for (int i = tid & 31; i < pg1 - pg0; i += 32) bad_page |= unsigned(__ldg(pages + i)) >= unsigned(p.num_pages);
+    const bool bad = __any_sync(0xffffffffu, bad_page);
     const int g = tid / LPT;
     const int r = tid - g * LPT;
     const int h0 = tile * GT;
@@ -193,7 +207,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p) {
         }
     };
 
-    const int ntiles = (chunk_len + TILE - 1) / TILE;
+    const int ntiles = bad ? 0 : (chunk_len + TILE - 1) / TILE;
 #pragma unroll
     for (int s = 0; s < kStages - 1; ++s) {
         if (s < ntiles) {
@@ -311,8 +325,8 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p) {
             L = fmaf(w, red_l[gg * GT + h], L);
             acc = fmaf(w, red_o[(gg * GT + h) * D + d], acc);
         }
-        const float val = acc / L;  // L >= 1: a chunk holds at least one token
-        const float lse2 = M + __log2f(L);
+        const float val = bad ? NAN : acc / L;  // L >= 1: a chunk holds at least one token
+        const float lse2 = bad ? NAN : M + __log2f(L);
         const int qo = kvh * p.group + gh;
         if (p.num_chunks == 1) {
             store_elem(p.out, p.out_dtype, int64_t(b) * p.o_row + int64_t(qo) * p.o_head + d, val);
@@ -323,6 +337,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p) {
             if (d == 0) p.ws_lse[row] = lse2;
         }
     }
+    if (bad && tid == 0) report_bad_page(p, b, pages, pg1 - pg0);
 }
 
 // One warp per (sequence, query head): LSE-weighted sum of the sequence's chunk partials.
@@ -332,8 +347,10 @@ __global__ void __launch_bounds__(128) merge_kernel(const Params p) {
     if (w >= p.batch * p.num_qo_heads) return;
     const int b = w / p.num_qo_heads;
     const int qo = w - b * p.num_qo_heads;
+    const int beg = p.indptr[b], end = p.indptr[b + 1];
+    if (!sequence_table_ok(p, b, beg, end, p.last_page_len[b])) return;  // NaN rows written already
     int per, used;
-    chunk_geometry(p.indptr[b + 1] - p.indptr[b], p.num_chunks, p.min_chunk_pages, per, used);
+    chunk_geometry(end - beg, p.num_chunks, p.min_chunk_pages, per, used);
     const int64_t row0 = int64_t(b) * p.num_chunks * p.num_qo_heads + qo;
     const int64_t rs = p.num_qo_heads;
 
@@ -451,7 +468,7 @@ public:
     size_t workspace_bytes() const override { return ws_bytes_; }
     const char* path_name() const override { return name_; }
 
-    cudaError_t run(const DecodeArgs& a, cudaStream_t stream) override {
+    cudaError_t run(const DecodeArgs& a, cudaStream_t stream, const TableCheck& check) override {
         const int batch = a.table.batch;
         if (batch <= 0 || batch > desc_.max_batch_size) return cudaErrorInvalidValue;
         if ((reinterpret_cast<uintptr_t>(a.kv.k) | reinterpret_cast<uintptr_t>(a.kv.v)) & 15)
@@ -488,6 +505,9 @@ public:
         p.ws_o = static_cast<float*>(ws_);
         p.ws_lse = ws_ ? static_cast<float*>(ws_) + ws_lse_offset_ : nullptr;
         p.head_dim = desc_.head_dim;
+        p.num_pages = a.kv.num_pages;
+        p.num_indices = check.num_indices;
+        p.table_errors = check.record;
 
         const dim3 grid(unsigned(p.num_chunks), unsigned(desc_.num_kv_heads * head_tiles_), unsigned(batch));
         kernel_<<<grid, kThreads, size_t(smem_), stream>>>(p);

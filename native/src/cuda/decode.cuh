@@ -18,6 +18,7 @@
 #include <memory>
 
 #include "core/kernel_args.h"
+#include "cuda/table_check.cuh"
 
 namespace attn4j::cuda {
 
@@ -31,11 +32,13 @@ struct DecodeTuning {
 class DecodeKernel {
 public:
     virtual ~DecodeKernel() = default;
-    // One validated decode. All pointers in `args` (q, out, lse, pages, page table) are device
-    // pointers on the plan's device; args.table.batch <= desc.max_batch_size. Enqueues one kernel
-    // (two when split: decode + merge) on `stream`; returns cudaGetLastError after the launches. Runs of one
-    // plan must not overlap (they share the workspace): use one stream per plan.
-    virtual cudaError_t run(const DecodeArgs& args, cudaStream_t stream) = 0;
+    // One decode. All pointers in `args` (q, out, lse, pages, page table) are device pointers on
+    // the plan's device; args.table.batch <= desc.max_batch_size. The table's contents are
+    // checked in the kernels as `check` says (cuda/table_check.cuh): a sequence with an invalid
+    // table gets NaN rows. Enqueues one kernel (two when split: decode + merge) on `stream`;
+    // returns cudaGetLastError after the launches. Runs of one plan must not overlap (they share
+    // the workspace): use one stream per plan.
+    virtual cudaError_t run(const DecodeArgs& args, cudaStream_t stream, const TableCheck& check = TableCheck{}) = 0;
     // Split count a run with this batch size uses (1 = no split, no merge kernel).
     virtual int num_chunks(int batch) const = 0;
     // Device bytes of split-KV workspace owned by the plan (allocated once at creation).

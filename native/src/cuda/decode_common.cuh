@@ -18,6 +18,7 @@
 
 #include "core/error.h"
 #include "core/kernel_args.h"
+#include "cuda/table_check.cuh"
 
 namespace attn4j::cuda::detail {
 
@@ -43,6 +44,9 @@ struct DecodeParamsBase {
     int page_size, page_shift;  // page_shift >= 0 when page_size is a power of two
     int num_chunks, min_chunk_pages;
     int head_dim;
+    int num_pages;  // page ids are checked against these (cuda/table_check.cuh)
+    int64_t num_indices;
+    TableErrorRecord* table_errors;
 };
 
 __device__ __forceinline__ float ex2(float x) {
@@ -57,22 +61,24 @@ __device__ __forceinline__ void chunk_geometry(int np, int num_chunks, int min_p
     used = (np + per - 1) / per;
 }
 
-// Page range of chunk c of sequence b: false when the sequence uses fewer chunks.
+// Page range of chunk c of sequence b (pages indptr[b] = beg .. end, last_page_len[b] = last, as
+// checked by sequence_table_ok): false when the sequence uses fewer chunks.
 struct ChunkSpan {
     int len;           // tokens
     int npages;        // pages
     const int* pages;  // page ids of the chunk
 };
-__device__ __forceinline__ bool chunk_span(const DecodeParamsBase& p, int b, int c, ChunkSpan& s) {
-    const int page_beg = p.indptr[b];
-    const int np = p.indptr[b + 1] - page_beg;
+__device__ __forceinline__ bool chunk_span(const DecodeParamsBase& p, int c, int beg, int end, int last,
+                                           ChunkSpan& s) {
+    const int page_beg = beg;
+    const int np = end - beg;
     int per, used;
     chunk_geometry(np, p.num_chunks, p.min_chunk_pages, per, used);
     if (c >= used) return false;
     const int pg0 = c * per;
     const int pg1 = min(np, pg0 + per);
     const int ps = p.page_size;
-    s.len = pg1 == np ? (pg1 - pg0 - 1) * ps + p.last_page_len[b] : (pg1 - pg0) * ps;
+    s.len = pg1 == np ? (pg1 - pg0 - 1) * ps + last : (pg1 - pg0) * ps;
     s.npages = pg1 - pg0;
     s.pages = p.indices + page_beg + pg0;
     return true;
@@ -136,8 +142,10 @@ __global__ void __launch_bounds__(HPB * WPH * 32) merge_kernel(const DecodeParam
     if (w >= p.batch * p.num_qo_heads) return;  // CTA-uniform when WPH > 1 (HPB == 1)
     const int b = w / p.num_qo_heads;
     const int qo = w - b * p.num_qo_heads;
+    const int beg = p.indptr[b], end = p.indptr[b + 1];
+    if (!sequence_table_ok(p, b, beg, end, p.last_page_len[b])) return;  // NaN rows written already
     int per, used;
-    chunk_geometry(p.indptr[b + 1] - p.indptr[b], p.num_chunks, p.min_chunk_pages, per, used);
+    chunk_geometry(end - beg, p.num_chunks, p.min_chunk_pages, per, used);
     const int64_t row0 = int64_t(b) * p.num_chunks * p.num_qo_heads + qo;
     const int64_t rs = p.num_qo_heads;
     float M = -INFINITY;
@@ -213,8 +221,9 @@ inline int split_chunks(int64_t units, int64_t target, int force) {
 }
 
 // The common fields of a run (min_chunk_pages from min_chunk_tokens unless chunks are forced).
-inline void fill_common(DecodeParamsBase& p, const DecodeArgs& a, int num_head_tiles, int num_chunks,
-                        int min_chunk_tokens, bool forced, float* ws, size_t ws_lse_offset, int head_dim) {
+inline void fill_common(DecodeParamsBase& p, const DecodeArgs& a, const TableCheck& check, int num_head_tiles,
+                        int num_chunks, int min_chunk_tokens, bool forced, float* ws, size_t ws_lse_offset,
+                        int head_dim) {
     p.q = a.q.data;
     p.q_row = a.q.row_stride;
     p.q_head = a.q.head_stride;
@@ -242,6 +251,9 @@ inline void fill_common(DecodeParamsBase& p, const DecodeArgs& a, int num_head_t
     p.ws_o = ws;
     p.ws_lse = ws ? ws + ws_lse_offset : nullptr;
     p.head_dim = head_dim;
+    p.num_pages = a.kv.num_pages;
+    p.num_indices = check.num_indices;
+    p.table_errors = check.record;
 }
 
 }  // namespace attn4j::cuda::detail

@@ -1,6 +1,9 @@
 // CUDA paged decode over quantized KV pages (see decode_quant.cuh). Two kernels share the math:
-// qdecode_pages_kernel (default; page-major, 8 warps, described at its definition) and
-// qdecode_kernel (group > 8 or non-power-of-two pages, or ATTN4J_CUDA_QDECODE=old).
+// qdecode_kernel (the default: one CTA per kv head) and qdecode_pages_kernel (page-major, 8 warps,
+// described at its definition; ATTN4J_CUDA_QDECODE=pages). The per-kv-head kernel measured as
+// fast or faster for every format on an H200 (INT8 129.9 vs 164.0 us, INT4 106.7 vs 117.5, INT2
+// 101.3 vs 100.8 at 1 x 128k; INT8 207.5 vs 282.6, INT4 168.3 vs 198.4, INT2 155.9 vs 166.4 at
+// 64 x 4k: benchmarks/results/h200/cuda-quant-decode.txt), so it is the default.
 // Per CTA of 4 warps of qdecode_kernel:
 //  - one (sequence, kv head, tile of up to 8 query heads, chunk of whole pages);
 //  - a stage of 64 tokens (K codes, V codes, K meta, V meta of each token) is copied into shared
@@ -464,7 +467,7 @@ __device__ __forceinline__ void slice_math(WarpState<D>& st, const uint32_t (&qa
 template <int D, int P, int VR, bool FAST>
 __device__ __forceinline__ void warp_epilogue(const QParams& p, int b, int c, int kvh, int g0, bool active, int hl,
                                               int khp, int wph, float* red_o, float* red_m, float* red_l,
-                                              WarpState<D>& st, float s_ref) {
+                                              WarpState<D>& st, float s_ref, bool bad) {
     constexpr int E = D / 32;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
     const int n = p.n, G = p.G;
@@ -541,7 +544,8 @@ __device__ __forceinline__ void warp_epilogue(const QParams& p, int b, int c, in
         if (gh >= p.group) break;
         const int qo = kvh * p.group + gh;
 #pragma unroll
-        for (int e = 0; e < E; ++e) emit_result(p, b, c, qo, lane * E + e, x[r][e] * vsc, lse2[r], lane == 0 && e == 0);
+        for (int e = 0; e < E; ++e)
+            emit_result(p, b, c, qo, lane * E + e, bad ? NAN : x[r][e] * vsc, bad ? NAN : lse2[r], lane == 0 && e == 0);
     }
 }
 
@@ -559,23 +563,31 @@ __global__ void __launch_bounds__(kThreads) qdecode_kernel(const QParams p) {
     const int kvh = blockIdx.y / p.num_head_tiles;
     const int tile = blockIdx.y - kvh * p.num_head_tiles;
     const int b = blockIdx.z;
+    const int h0 = tile * kGT;
+    const int beg = p.indptr[b], end = p.indptr[b + 1], last = p.last_page_len[b];
+    if (!sequence_table_ok(p, b, beg, end, last)) {
+        if (c == 0) write_nan_rows(p, b, kvh * p.group + h0, min(kGT, p.group - h0), D);
+        return;
+    }
     ChunkSpan span;
-    if (!chunk_span(p, b, c, span)) return;
+    if (!chunk_span(p, c, beg, end, last, span)) return;
     const int ps = p.page_size;
     const int chunk_len = span.len;
     const int* pages = span.pages;
+    bool bad_page = false;
 
     const int tid = threadIdx.x;
     const int warp = tid >> 5, lane = tid & 31, gid = lane >> 2, tig = lane & 3;
-    const int h0 = tile * kGT;
     const int n = p.n;
 
     uint32_t qa[D / 16][2];
     float qsum = 0.f;  // FAST: sum of head gid's f16 query
     float s_ref = 1.f, inv_sref = 1.f;
-    if constexpr (FAST) fast_ref_scale(p, kvh, pages[0], s_ref, inv_sref);
+    if constexpr (FAST) fast_ref_scale(p, kvh, checked_page_id(pages[0], p.num_pages, bad_page), s_ref, inv_sref);
     warp_query<D, P, KR, FAST>(p, b, kvh, h0, true, reinterpret_cast<float*>(smem) + warp * kGT * D, qa, qsum);
-    __syncthreads();  // smem becomes the pipeline
+    // The chunk's page ids are checked once, here, not per copy; a bad one: no page is read, NaN rows.
+    for (int i = tid; i < span.npages; i += kThreads) bad_page |= unsigned(__ldg(pages + i)) >= unsigned(p.num_pages);
+    const bool bad = __syncthreads_or(bad_page);  // smem becomes the pipeline
     const uint8_t* kb = p.k + int64_t(kvh) * p.head_stride;
     const uint8_t* vb = p.v + int64_t(kvh) * p.head_stride;
     const int MB = p.MB;
@@ -616,7 +628,7 @@ __global__ void __launch_bounds__(kThreads) qdecode_kernel(const QParams p) {
             copy_rows(std::integral_constant<int, 4>{}, km, vm, j0, kTT * MB / 4, p.mb_shift, MB, p.meta_off);
     };
 
-    const int ntiles = (chunk_len + kTT - 1) / kTT;
+    const int ntiles = bad ? 0 : (chunk_len + kTT - 1) / kTT;
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
         if (s < ntiles) issue(s, s);
@@ -651,7 +663,8 @@ __global__ void __launch_bounds__(kThreads) qdecode_kernel(const QParams p) {
     __syncthreads();
     float* red_o = reinterpret_cast<float*>(smem);
     warp_epilogue<D, P, VR, FAST>(p, b, c, kvh, h0, true, 0, 1, kWarps, red_o, red_o + kWarps * kGT * D,
-                                  red_o + kWarps * kGT * D + kWarps * kGT, st, s_ref);
+                                  red_o + kWarps * kGT * D + kWarps * kGT, st, s_ref, bad);
+    if (bad && tid == 0) report_bad_page(p, b, pages, span.npages);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -700,11 +713,17 @@ __global__ void __launch_bounds__(kPThreads, 2) qdecode_pages_kernel(const QPara
     const int wph = kPWarps / khp;                 // warps per head
     const int TT = 16 * SPW * wph;                 // tokens per stage
 
+    const int beg = p.indptr[b], end = p.indptr[b + 1], last = p.last_page_len[b];
+    if (!sequence_table_ok(p, b, beg, end, last)) {
+        if (c == 0) write_nan_rows(p, b, hb * p.group, kh * p.group, D);
+        return;
+    }
     ChunkSpan span;
-    if (!chunk_span(p, b, c, span)) return;
+    if (!chunk_span(p, c, beg, end, last, span)) return;
     const int ps = p.page_size;
     const int chunk_len = span.len;
     const int* pages = span.pages;
+    bool bad_page = false;
 
     const int tid = threadIdx.x;
     const int warp = tid >> 5, lane = tid & 31, gid = lane >> 2, tig = lane & 3;
@@ -713,8 +732,11 @@ __global__ void __launch_bounds__(kPThreads, 2) qdecode_pages_kernel(const QPara
     // stage then wait on no global load
     int* pid_s = reinterpret_cast<int*>(smem + C::MAIN);
     const bool pid_cached = span.npages <= kPidCache;
-    if (pid_cached)
-        for (int i = tid; i < span.npages; i += kPThreads) pid_s[i] = __ldg(pages + i);
+    // checked once, here, not per copy; a bad one: no page is read, NaN rows
+    for (int i = tid; i < span.npages; i += kPThreads) {
+        const int id = checked_page_id(__ldg(pages + i), p.num_pages, bad_page);
+        if (pid_cached) pid_s[i] = id;
+    }
     const bool active = hl < kh;
     const int kvh = hb + (active ? hl : 0);
     const int n = p.n, MB = p.MB;
@@ -727,10 +749,10 @@ __global__ void __launch_bounds__(kPThreads, 2) qdecode_pages_kernel(const QPara
     uint32_t qa[D / 16][2];
     float qsum = 0.f;
     float s_ref = 1.f, inv_sref = 1.f;
-    if constexpr (FAST) fast_ref_scale(p, kvh, pages[0], s_ref, inv_sref);
+    if constexpr (FAST) fast_ref_scale(p, kvh, checked_page_id(pages[0], p.num_pages, bad_page), s_ref, inv_sref);
     // per-warp query rows (the warps of one head each build their own copy: no block barrier)
     warp_query<D, P, KR, FAST>(p, b, kvh, 0, active, reinterpret_cast<float*>(smem) + warp * kGT * D, qa, qsum);
-    __syncthreads();  // page ids visible; smem becomes the pipeline
+    const bool bad = __syncthreads_or(bad_page);  // page ids visible; smem becomes the pipeline
 
     const uint8_t* kb = p.k + int64_t(hb) * p.head_stride;
     const uint8_t* vb = p.v + int64_t(hb) * p.head_stride;
@@ -773,7 +795,7 @@ __global__ void __launch_bounds__(kPThreads, 2) qdecode_pages_kernel(const QPara
         }
     };
 
-    const int ntiles = (chunk_len + TT - 1) / TT;
+    const int ntiles = bad ? 0 : (chunk_len + TT - 1) / TT;
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
         if (s < ntiles) issue(s, s);
@@ -818,7 +840,8 @@ __global__ void __launch_bounds__(kPThreads, 2) qdecode_pages_kernel(const QPara
     __syncthreads();
     float* red_o = reinterpret_cast<float*>(smem);
     warp_epilogue<D, P, VR, FAST>(p, b, c, kvh, 0, active, hl, khp, wph, red_o, red_o + kPWarps * kGT * D,
-                                  red_o + kPWarps * kGT * D + kPWarps * kGT, st, s_ref);
+                                  red_o + kPWarps * kGT * D + kPWarps * kGT, st, s_ref, bad);
+    if (bad && tid == 0) report_bad_page(p, b, pages, span.npages);
 }
 
 using KernelFn = void (*)(QParams);
@@ -868,15 +891,17 @@ public:
         pfast_ = desc.head_dim == 128 ? pick_pages<128, true>(bits_, pfast_smem_) : pick_pages<64, true>(bits_, pfast_smem_);
         // ATTN4J_CUDA_QDECODE (comma-separated words, for benchmarks and tests): generic: always
         // the generic kernel (any group size); copy_only: stream pages only (bandwidth
-        // diagnostics, wrong output); old: the previous per-kv-head layout only.
+        // diagnostics, wrong output); pages: the page-major kernel where it applies (group <= 8,
+        // power-of-two pages); old: the per-kv-head kernel even if pages is given.
         if (const char* env = std::getenv("ATTN4J_CUDA_QDECODE")) {
             generic_only_ = std::strstr(env, "generic") != nullptr;
             copy_only_ = std::strstr(env, "copy_only") != nullptr;
             old_only_ = std::strstr(env, "old") != nullptr;
+            pages_requested_ = std::strstr(env, "pages") != nullptr;
         }
         // page-major kernel: up to 8 query heads per kv head (one warp per kv head) and a
         // power-of-two page size (checked per run); else the per-kv-head kernel.
-        pages_ok_ = !old_only_ && group <= kGT;
+        pages_ok_ = pages_requested_ && !old_only_ && group <= kGT;
         if (desc.max_batch_size > 65535) fail(ATTN4J_ERR_UNSUPPORTED, "CUDA decode: max_batch_size > 65535");
         DeviceScope scope(device, kPlan);
         cudaError_t e;
@@ -939,7 +964,7 @@ public:
     size_t workspace_bytes() const override { return ws_bytes_; }
     const char* path_name() const override { return name_; }
 
-    cudaError_t run(const DecodeArgs& a, cudaStream_t stream) override {
+    cudaError_t run(const DecodeArgs& a, cudaStream_t stream, const TableCheck& check) override {
         const int batch = a.table.batch;
         const QuantFormat& f = a.kv.quant;
         const int D = desc_.head_dim;
@@ -959,7 +984,7 @@ public:
         const bool pow2 = (a.kv.page_size & (a.kv.page_size - 1)) == 0;
         const bool use_pages = pages_ok_ && pow2;
         QParams p{};
-        fill_common(p, a, head_tiles_, chunks_for(batch, use_pages),
+        fill_common(p, a, check, head_tiles_, chunks_for(batch, use_pages),
                     use_pages ? tuning_.min_chunk_tokens / 4 : tuning_.min_chunk_tokens, tuning_.force_chunks > 0,
                     static_cast<float*>(ws_), ws_lse_offset_, D);
         p.k = static_cast<const uint8_t*>(a.kv.k);
@@ -1002,7 +1027,7 @@ private:
     int device_;
     DecodeTuning tuning_;
     int bits_ = 0, head_tiles_ = 1, smem_ = 0, fast_smem_ = 0, sms_ = 1, occ_ = 1;
-    bool generic_only_ = false, old_only_ = false, pages_ok_ = false;
+    bool generic_only_ = false, old_only_ = false, pages_requested_ = false, pages_ok_ = false;
     int copy_only_ = 0;
     int psmem_ = 0, pfast_smem_ = 0, pocc_ = 1;
     KernelFn pkernel_ = nullptr;  // page-major, any group size
