@@ -3,6 +3,9 @@ package org.attn4j;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
 
 import org.attn4j.bindings.Attn4jNative;
 import org.attn4j.bindings.attn4j_context_options;
@@ -13,12 +16,20 @@ import org.attn4j.internal.NativeLibrary;
  * The loaded library bound to one {@link Device} and thread count: the entry point for caches
  * and plans. Not thread-safe; use one instance per thread that submits work, or synchronize.
  * Plans and caches made from it keep working after it is closed only as far as they need no
- * new native context calls; close it last.
+ * new native context calls; close it last. Closing it closes its {@link DeviceArena}s (their
+ * memory belongs to the context).
+ *
+ * <p>Device memory: {@link #newDeviceArena()} owns device and pinned memory,
+ * {@link #copy}/{@link #copyAsync} move data between host and device, {@link #newStream()} and
+ * {@link #useStream} choose the queue work goes to, and {@link Stream#beginCapture()} records a
+ * step into a {@link CudaGraph}.
  */
 public final class Attn4j implements AutoCloseable {
     private final Device device;
     private final int threads;
     private MemorySegment context;
+    private final List<DeviceArena> arenas = new ArrayList<>();
+    private Stream currentStream;
 
     private Attn4j(Device device, int threads, MemorySegment context) {
         this.device = device;
@@ -106,6 +117,119 @@ public final class Attn4j implements AutoCloseable {
         }
     }
 
+    // ---- memory, copies, streams ----
+
+    /** A new arena for this device's memory (device tensors, pinned host tensors). */
+    public DeviceArena newDeviceArena() {
+        handle();
+        DeviceArena a = new DeviceArena(this);
+        arenas.add(a);
+        return a;
+    }
+
+    /**
+     * Copies {@code src} into {@code dst} and returns when the copy is done: host to device,
+     * device to host, device to device or host to host. Both tensors must be contiguous, of the
+     * same dtype and shape, and in host memory or memory of this {@code Attn4j}'s device.
+     */
+    public void copy(Tensor src, Tensor dst) {
+        long bytes = checkCopy(src, dst);
+        if (bytes > 0) {
+            memcpy(dst.memory(), src.memory(), bytes, false, "copy");
+        }
+    }
+
+    /**
+     * As {@link #copy}, but only enqueued on the current stream: {@code src} must stay unchanged
+     * and {@code dst} unread until the stream is synchronized. Asynchronous only with pinned
+     * ({@link DeviceArena#allocatePinned}) or device memory on both sides; synchronous on CPU.
+     * Allocates nothing, so it may be captured in a {@link CudaGraph}.
+     */
+    public void copyAsync(Tensor src, Tensor dst) {
+        long bytes = checkCopy(src, dst);
+        if (bytes > 0) {
+            memcpy(dst.memory(), src.memory(), bytes, true, "copyAsync");
+        }
+    }
+
+    /** A new stream of this device (see {@link Stream}); close it when done. */
+    public Stream newStream() {
+        return Stream.create(this);
+    }
+
+    /** Later work of this {@code Attn4j} (copies, appends, runs) is enqueued on {@code stream}. */
+    public void useStream(Stream stream) {
+        if (stream == null) {
+            throw Attn4jException.invalid("stream: null (use useDefaultStream())");
+        }
+        if (stream.lib() != this) {
+            throw Attn4jException.invalid("stream: made by another Attn4j (" + stream.lib() + ")");
+        }
+        Native.check(Attn4jNative.attn4j_context_set_stream(handle(), stream.handle()), "useStream");
+        currentStream = stream;
+    }
+
+    /** Later work is enqueued on the device's default stream again (the initial state). */
+    public void useDefaultStream() {
+        Native.check(Attn4jNative.attn4j_context_set_stream(handle(), MemorySegment.NULL), "useDefaultStream");
+        currentStream = null;
+    }
+
+    /** The stream set by {@link #useStream}, or null for the default stream. */
+    public Stream currentStream() {
+        return currentStream;
+    }
+
+    /** Copies {@code bytes} between two addresses of host or this device's memory on the current stream. */
+    void memcpy(MemorySegment dst, MemorySegment src, long bytes, boolean async, String what) {
+        Native.check(Attn4jNative.attn4j_memcpy(handle(), dst, src, bytes, async ? 1 : 0), what);
+    }
+
+    /** Called by a closing arena. */
+    void forget(DeviceArena arena) {
+        arenas.remove(arena);
+    }
+
+    /** Called by a closing stream: the context must not keep a destroyed stream as its current one. */
+    void forget(Stream stream) {
+        if (currentStream == stream) {
+            currentStream = null;
+            if (context != null) {
+                Native.check(Attn4jNative.attn4j_context_set_stream(context, MemorySegment.NULL), "close stream");
+            }
+        }
+    }
+
+    /** Checks a copy's arguments (allocating nothing unless they are wrong); returns its bytes. */
+    private long checkCopy(Tensor src, Tensor dst) {
+        if (src == null || dst == null) {
+            throw Attn4jException.invalid((src == null ? "src" : "dst") + ": null");
+        }
+        if (src.dtype() != dst.dtype()) {
+            throw Attn4jException.invalid("dst: dtype " + dst.dtype() + " differs from src's " + src.dtype());
+        }
+        if (!src.sameShape(dst)) {
+            throw Attn4jException.invalid("dst: shape " + Arrays.toString(dst.shape()) + " differs from src's "
+                    + Arrays.toString(src.shape()));
+        }
+        checkCopyable(src, "src");
+        checkCopyable(dst, "dst");
+        return src.elementCount() * src.dtype().byteSize();
+    }
+
+    private void checkCopyable(Tensor t, String name) {
+        if (!t.isContiguous()) {
+            throw Attn4jException.invalid(name + ": copies need contiguous tensors, got strides "
+                    + Arrays.toString(t.strides()));
+        }
+        if (!t.isHost() && !t.device().equals(device)) {
+            throw Attn4jException.invalid(name + ": memory of " + t.device() + ", but this Attn4j runs on " + device);
+        }
+        if (!t.memory().scope().isAlive()) {
+            throw Attn4jException.invalid(name + ": the arena owning this tensor's memory is closed");
+        }
+    }
+
     MemorySegment handle() {
         if (context == null) {
             throw new IllegalStateException("attn4j: this Attn4j instance is closed");
@@ -120,6 +244,10 @@ public final class Attn4j implements AutoCloseable {
     @Override
     public void close() {
         if (context != null) {
+            for (DeviceArena a : List.copyOf(arenas)) {
+                a.close();
+            }
+            currentStream = null;
             Attn4jNative.attn4j_context_destroy(context);
             context = null;
         }

@@ -12,7 +12,9 @@ import org.attn4j.internal.Native;
  * Paged decode: one new query token per sequence against the sequence's pages.
  * {@code q} and {@code out} are [batch, qoHeads, headDim]; the optional {@code lse} is F32
  * [batch, qoHeads] and receives natural-log log-sum-exp values (for {@link Attention#mergeStates}).
- * A run allocates nothing on the Java heap.
+ * A run allocates nothing on the Java heap. On a CUDA {@link Attn4j} every tensor, the cache and
+ * the page table are device memory (a {@link DeviceArena}, a CUDA {@link PagedKvCache}) and the run
+ * is enqueued on the current stream.
  */
 public final class DecodePlan extends Plan {
     private final MemorySegment qDesc;
@@ -67,12 +69,19 @@ public final class DecodePlan extends Plan {
         if (table == null) {
             throw Attn4jException.invalid("table: null");
         }
+        if (!cache.device().equals(device)) {
+            throw Attn4jException.invalid("cache: pages on " + cache.device() + ", but the plan runs on " + device);
+        }
+        if (!table.device().equals(device)) {
+            throw Attn4jException.invalid("table: a page table on " + table.device() + ", but the plan runs on " + device
+                    + "; allocate it with PageTable.allocate(DeviceArena, ...) or PagedKvCache.pageTable");
+        }
         MemorySegment kv = cache.layerStruct(layer);
-        NativeTensor.fill(qDesc, q, "q");
-        NativeTensor.fill(outDesc, out, "out");
+        NativeTensor.fill(qDesc, q, "q", device);
+        NativeTensor.fill(outDesc, out, "out", device);
         MemorySegment l = MemorySegment.NULL;
         if (lse != null) {
-            NativeTensor.fill(lseDesc, lse, "lse");
+            NativeTensor.fill(lseDesc, lse, "lse", device);
             l = lseDesc;
         }
         Native.check(Attn4jNative.attn4j_decode_run(plan, qDesc, kv, table.nativeStruct("table"), outDesc, l),
@@ -93,17 +102,21 @@ public final class DecodePlan extends Plan {
         if (tables == null) {
             throw Attn4jException.invalid("tables: null");
         }
+        if (device.kind() != Device.Kind.CPU) {
+            throw new Attn4jException(Status.UNSUPPORTED, "cache: tiered caches decode on CPU only, this plan runs on "
+                    + device);
+        }
         long kvSize = attn4j_paged_kv.sizeof();
         long tSize = attn4j_page_table.sizeof();
         MemorySegment.copy(cache.quantized().layerStruct(layer), 0, segmentCaches, 0, kvSize);
         MemorySegment.copy(cache.precise().layerStruct(layer), 0, segmentCaches, kvSize, kvSize);
         MemorySegment.copy(tables.quantized.nativeStruct("tables.quantized"), 0, segmentTables, 0, tSize);
         MemorySegment.copy(tables.precise.nativeStruct("tables.precise"), 0, segmentTables, tSize, tSize);
-        NativeTensor.fill(qDesc, q, "q");
-        NativeTensor.fill(outDesc, out, "out");
+        NativeTensor.fill(qDesc, q, "q", device);
+        NativeTensor.fill(outDesc, out, "out", device);
         MemorySegment l = MemorySegment.NULL;
         if (lse != null) {
-            NativeTensor.fill(lseDesc, lse, "lse");
+            NativeTensor.fill(lseDesc, lse, "lse", device);
             l = lseDesc;
         }
         Native.check(Attn4jNative.attn4j_decode_run_segments(plan, qDesc, 2, segmentCaches, segmentTables, outDesc,

@@ -14,12 +14,12 @@ final class NativeTensor {
         if (t == null) {
             throw Attn4jException.invalid(name + ": null");
         }
-        MemorySegment seg = t.segment();
+        MemorySegment seg = t.memory();
         if (!seg.scope().isAlive()) {
             throw Attn4jException.invalid(name + ": the arena owning this tensor's memory is closed");
         }
         attn4j_tensor.data(desc, seg);
-        attn4j_tensor.size_bytes(desc, seg.byteSize());
+        attn4j_tensor.size_bytes(desc, t.byteSize());
         attn4j_tensor.dtype(desc, t.dtype().code());
         attn4j_tensor.device_type(desc, t.device().kind().code);
         attn4j_tensor.device_id(desc, t.device().index());
@@ -31,13 +31,29 @@ final class NativeTensor {
         }
     }
 
-    /** Writes a contiguous 1-D I32 view of {@code count} ints at {@code seg}. */
-    static void fillInts(MemorySegment desc, MemorySegment seg, long count) {
-        attn4j_tensor.data(desc, seg);
-        attn4j_tensor.size_bytes(desc, seg.byteSize());
+    /**
+     * As {@link #fill(MemorySegment, Tensor, String)}, first checking that {@code t} lives where
+     * the work runs (a host tensor handed to a CUDA plan, or the reverse).
+     */
+    static void fill(MemorySegment desc, Tensor t, String name, Device runsOn) {
+        if (t != null && !t.device().equals(runsOn)) {
+            throw Attn4jException.invalid(name + ": tensor on " + t.device() + ", but this runs on " + runsOn
+                    + (t.isHost() ? "; copy it into a tensor of a DeviceArena (Attn4j.copy)"
+                            : "; copy it to a host tensor (Attn4j.copy)"));
+        }
+        fill(desc, t, name);
+    }
+
+    /**
+     * Writes a contiguous 1-D I32 view of {@code count} ints at {@code address} on {@code device},
+     * {@code bytes} of which are valid.
+     */
+    static void fillInts(MemorySegment desc, long address, long bytes, long count, Device device) {
+        desc.set(ValueLayout.JAVA_LONG, attn4j_tensor.data$offset(), address);
+        attn4j_tensor.size_bytes(desc, bytes);
         attn4j_tensor.dtype(desc, DType.I32.code());
-        attn4j_tensor.device_type(desc, Device.Kind.CPU.code);
-        attn4j_tensor.device_id(desc, 0);
+        attn4j_tensor.device_type(desc, device.kind().code);
+        attn4j_tensor.device_id(desc, device.index());
         attn4j_tensor.rank(desc, 1);
         attn4j_tensor.shape(desc, 0, count);
         attn4j_tensor.strides(desc, 0, 1L);

@@ -13,6 +13,9 @@ import org.attn4j.bindings.attn4j_page_table;
  * it in place each step without allocating.
  */
 public final class PageTable {
+    // One block [indptr: maxBatch + 1][lastPageLen: maxBatch][indices: maxPages], so a device
+    // table is uploaded with a single copy.
+    private final MirroredInts ints;
     private final MemorySegment indptr;
     private final MemorySegment indices;
     private final MemorySegment lastPageLen;
@@ -24,7 +27,7 @@ public final class PageTable {
     private final int maxPages;
     private int batch;
 
-    private PageTable(Arena arena, int maxBatch, int maxPages) {
+    private PageTable(int maxBatch, int maxPages, Arena arena, DeviceArena deviceArena) {
         if (maxBatch < 1) {
             throw Attn4jException.invalid("maxBatch: must be >= 1, got " + maxBatch);
         }
@@ -33,19 +36,36 @@ public final class PageTable {
         }
         this.maxBatch = maxBatch;
         this.maxPages = maxPages;
-        this.indptr = arena.allocate(ValueLayout.JAVA_INT, maxBatch + 1L);
-        this.indices = arena.allocate(ValueLayout.JAVA_INT, Math.max(maxPages, 1));
-        this.lastPageLen = arena.allocate(ValueLayout.JAVA_INT, maxBatch);
-        this.struct = attn4j_page_table.allocate(arena);
+        long count = 2L * maxBatch + 1 + Math.max(maxPages, 1);
+        this.ints = deviceArena == null ? MirroredInts.onHost(arena, count) : MirroredInts.on(deviceArena, count);
+        this.indptr = ints.host.asSlice(0, (maxBatch + 1L) * 4);
+        this.lastPageLen = ints.host.asSlice(indptr.byteSize(), maxBatch * 4L);
+        this.indices = ints.host.asSlice(indptr.byteSize() + lastPageLen.byteSize());
+        // The descriptors live where Java can write them even when the arrays are on a device.
+        Arena structArena = arena != null ? arena : Arena.ofAuto();
+        this.struct = attn4j_page_table.allocate(structArena);
         attn4j_page_table.struct_size(struct, (int) attn4j_page_table.sizeof());
         this.indptrDesc = attn4j_page_table.indptr(struct);
         this.indicesDesc = attn4j_page_table.indices(struct);
         this.lastPageLenDesc = attn4j_page_table.last_page_len(struct);
     }
 
-    /** An empty table with room for {@code maxBatch} sequences and {@code maxPages} page ids. */
+    /** An empty host table with room for {@code maxBatch} sequences and {@code maxPages} page ids. */
     public static PageTable allocate(Arena arena, int maxBatch, int maxPages) {
-        return new PageTable(arena, maxBatch, maxPages);
+        return new PageTable(maxBatch, maxPages, arena, null);
+    }
+
+    /**
+     * An empty table for caches on {@code arena}'s device. On CUDA it is filled in pinned host
+     * memory and each fill enqueues one copy into its device memory on the current stream: refill
+     * it only after the stream is past the work that read it (a decode loop that reads its output
+     * each step is). On a CPU {@code Attn4j} it is a host table.
+     */
+    public static PageTable allocate(DeviceArena arena, int maxBatch, int maxPages) {
+        if (arena == null) {
+            throw Attn4jException.invalid("arena: null");
+        }
+        return new PageTable(maxBatch, maxPages, null, arena);
     }
 
     /**
@@ -53,6 +73,19 @@ public final class PageTable {
      * against a cache by the kernels (page ids in range, lengths consistent), not here.
      */
     public static PageTable of(Arena arena, int[] indptr, int[] indices, int[] lastPageLen) {
+        checkCsr(indptr, indices, lastPageLen);
+        return filled(new PageTable(Math.max(lastPageLen.length, 1), indices.length, arena, null), indptr, indices,
+                lastPageLen);
+    }
+
+    /** As {@link #of(Arena, int[], int[], int[])}, for caches on {@code arena}'s device (uploaded at once). */
+    public static PageTable of(DeviceArena arena, int[] indptr, int[] indices, int[] lastPageLen) {
+        checkCsr(indptr, indices, lastPageLen);
+        PageTable t = allocate(arena, Math.max(lastPageLen.length, 1), indices.length);
+        return filled(t, indptr, indices, lastPageLen);
+    }
+
+    private static void checkCsr(int[] indptr, int[] indices, int[] lastPageLen) {
         if (indptr == null || indices == null || lastPageLen == null) {
             throw Attn4jException.invalid("indptr, indices, lastPageLen: must not be null");
         }
@@ -60,12 +93,19 @@ public final class PageTable {
             throw Attn4jException.invalid("indptr: length " + indptr.length + " must be lastPageLen.length + 1 = "
                     + (lastPageLen.length + 1));
         }
-        PageTable t = new PageTable(arena, Math.max(lastPageLen.length, 1), indices.length);
+    }
+
+    private static PageTable filled(PageTable t, int[] indptr, int[] indices, int[] lastPageLen) {
         MemorySegment.copy(indptr, 0, t.indptr, ValueLayout.JAVA_INT, 0, indptr.length);
         MemorySegment.copy(indices, 0, t.indices, ValueLayout.JAVA_INT, 0, indices.length);
         MemorySegment.copy(lastPageLen, 0, t.lastPageLen, ValueLayout.JAVA_INT, 0, lastPageLen.length);
         t.publish(lastPageLen.length, indices.length);
         return t;
+    }
+
+    /** Where the kernels read this table: cpu, or the CUDA device of its {@link DeviceArena}. */
+    public Device device() {
+        return ints.device();
     }
 
     /** Sequences in the batch. */
@@ -108,16 +148,22 @@ public final class PageTable {
         return lastPageLen;
     }
 
-    /** Points the native struct at the first {@code batch} sequences and {@code nnz} page ids. */
+    /**
+     * Points the native struct at the first {@code batch} sequences and {@code nnz} page ids, and
+     * uploads them when the kernels read device memory (indptr, lastPageLen and the used indices
+     * are one contiguous prefix of the block).
+     */
     void publish(int batch, int nnz) {
         this.batch = batch;
-        NativeTensor.fillInts(indptrDesc, indptr, batch + 1L);
-        NativeTensor.fillInts(indicesDesc, indices, nnz);
-        NativeTensor.fillInts(lastPageLenDesc, lastPageLen, batch);
+        long indicesAt = 2L * maxBatch + 1;
+        ints.describe(indptrDesc, 0, batch + 1L);
+        ints.describe(lastPageLenDesc, maxBatch + 1L, batch);
+        ints.describe(indicesDesc, indicesAt, nnz);
+        ints.upload(indicesAt + nnz);
     }
 
     MemorySegment nativeStruct(String name) {
-        if (!struct.scope().isAlive()) {
+        if (!struct.scope().isAlive() || !ints.isAlive()) {
             throw Attn4jException.invalid(name + ": the arena owning this page table is closed");
         }
         return struct;

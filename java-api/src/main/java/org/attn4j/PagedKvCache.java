@@ -26,6 +26,11 @@ import org.attn4j.quant.Calibration;
  * sequences and hands out pages once; {@link #write} stores one layer's new K/V into them
  * (converting to the cache dtype). {@link #append} does both for single-layer caches. The memory
  * lives in one shared arena closed by {@link #close()}. Not thread-safe.
+ *
+ * <p>On a CUDA {@link Attn4j} the pages are device memory (owned by the cache's own
+ * {@link DeviceArena}); {@link #write} then takes device K/V tensors and enqueues on the current
+ * stream, and page tables ({@link #pageTable}, reservations) are device tables, uploaded from
+ * pinned staging when filled, so a decode step allocates nothing. {@link TieredKvCache} is CPU only.
  */
 public final class PagedKvCache implements AutoCloseable {
     private final Attn4j lib;
@@ -38,6 +43,7 @@ public final class PagedKvCache implements AutoCloseable {
     private final DType dtype;
     private final long pageBytes;
     private final Arena arena;
+    private final DeviceArena deviceArena; // null on CPU: pages then live in huge-page host memory
     private final MemorySegment[] kSlabs;
     private final MemorySegment[] vSlabs;
     private final MemorySegment[] layerStructs;
@@ -68,13 +74,15 @@ public final class PagedKvCache implements AutoCloseable {
         this.pageBytes = (long) kvHeads * pageSize * format.tokenBytes(headDim);
         long slabBytes = Math.multiplyExact(pageBytes, (long) numPages);
         this.arena = Arena.ofShared();
+        Device device = lib.device();
+        this.deviceArena = device.kind() == Device.Kind.CPU ? null : lib.newDeviceArena();
         try {
             kSlabs = new MemorySegment[layers];
             vSlabs = new MemorySegment[layers];
             layerStructs = new MemorySegment[layers];
             for (int l = 0; l < layers; l++) {
-                kSlabs[l] = HugePages.allocate(arena, slabBytes);
-                vSlabs[l] = HugePages.allocate(arena, slabBytes);
+                kSlabs[l] = allocateSlab(slabBytes);
+                vSlabs[l] = allocateSlab(slabBytes);
                 MemorySegment s = attn4j_paged_kv.allocate(arena);
                 attn4j_paged_kv.struct_size(s, (int) attn4j_paged_kv.sizeof());
                 attn4j_paged_kv.dtype(s, dtype.code());
@@ -82,8 +90,8 @@ public final class PagedKvCache implements AutoCloseable {
                 attn4j_paged_kv.head_dim(s, headDim);
                 attn4j_paged_kv.page_size(s, pageSize);
                 attn4j_paged_kv.num_pages(s, numPages);
-                attn4j_paged_kv.device_type(s, Device.Kind.CPU.code);
-                attn4j_paged_kv.device_id(s, 0);
+                attn4j_paged_kv.device_type(s, device.kind().code);
+                attn4j_paged_kv.device_id(s, device.index());
                 attn4j_paged_kv.k_data(s, kSlabs[l]);
                 attn4j_paged_kv.v_data(s, vSlabs[l]);
                 attn4j_paged_kv.k_size_bytes(s, slabBytes);
@@ -96,7 +104,7 @@ public final class PagedKvCache implements AutoCloseable {
             kDesc = attn4j_tensor.allocate(arena);
             vDesc = attn4j_tensor.allocate(arena);
         } catch (OutOfMemoryError | RuntimeException e) {
-            arena.close();
+            close();
             throw new Attn4jException(Status.OUT_OF_MEMORY, "cache: could not allocate " + layers + " x 2 x "
                     + slabBytes + " bytes: " + e.getMessage(), e);
         }
@@ -201,10 +209,6 @@ public final class PagedKvCache implements AutoCloseable {
                 format = KvFormat.quantized(format.dtype(), headDim % 128 == 0 ? 128 : headDim % 64 == 0 ? 64 : 32);
             }
             checkFormat(format, calibration, layers, kvHeads, headDim);
-            if (lib.device().kind() != Device.Kind.CPU) {
-                throw new Attn4jException(Status.UNSUPPORTED, "lib: paged KV caches on " + lib.device()
-                        + " are not supported yet (CPU only in this version)");
-            }
             return new PagedKvCache(this);
         }
 
@@ -242,6 +246,11 @@ public final class PagedKvCache implements AutoCloseable {
 
     public KvFormat format() {
         return format;
+    }
+
+    /** Where the pages live: the device of the {@link Attn4j} that built the cache. */
+    public Device device() {
+        return lib.device();
     }
 
     public int freePageCount() {
@@ -307,8 +316,8 @@ public final class PagedKvCache implements AutoCloseable {
             int from = src.pages[src.pageCount - 1];
             int to = takePage();
             for (int l = 0; l < layers; l++) {
-                MemorySegment.copy(kSlabs[l], from * pageBytes, kSlabs[l], to * pageBytes, pageBytes);
-                MemorySegment.copy(vSlabs[l], from * pageBytes, vSlabs[l], to * pageBytes, pageBytes);
+                copyPage(kSlabs[l], from, to);
+                copyPage(vSlabs[l], from, to);
             }
             dst.pages[dst.pageCount - 1] = to;
         }
@@ -349,7 +358,7 @@ public final class PagedKvCache implements AutoCloseable {
     /**
      * An empty, reusable reservation with room for {@code maxBatch} sequences holding up to
      * {@code maxPages} pages in total (after the growth). Its native buffers are freed by the
-     * garbage collector once it is unreachable.
+     * garbage collector once it is unreachable (on a CUDA cache: when the cache closes).
      */
     public Reservation newReservation(int maxBatch, int maxPages) {
         checkOpen();
@@ -359,7 +368,7 @@ public final class PagedKvCache implements AutoCloseable {
         if (maxPages < 1) {
             throw Attn4jException.invalid("maxPages: must be >= 1, got " + maxPages);
         }
-        return new Reservation(this, Arena.ofAuto(), maxBatch, maxPages);
+        return new Reservation(this, maxBatch, newTable(maxBatch, maxPages), newInts(maxBatch + 1L));
     }
 
     /**
@@ -407,7 +416,7 @@ public final class PagedKvCache implements AutoCloseable {
                     + " pages, " + freeTop + " of " + numPages + " are free");
         }
         int total = 0;
-        into.indptr.setAtIndex(ValueLayout.JAVA_INT, 0, 0);
+        into.indptr.host.setAtIndex(ValueLayout.JAVA_INT, 0, 0);
         for (int i = 0; i < seqs.length; i++) {
             Sequence s = sequences[seqs[i]];
             into.seqs[i] = seqs[i];
@@ -422,14 +431,15 @@ public final class PagedKvCache implements AutoCloseable {
                 s.pages[s.pageCount++] = takePage();
             }
             total = Math.addExact(total, counts[i]);
-            into.indptr.setAtIndex(ValueLayout.JAVA_INT, i + 1, total);
+            into.indptr.host.setAtIndex(ValueLayout.JAVA_INT, i + 1, total);
         }
         into.batch = seqs.length;
         into.totalTokens = total;
         into.generation = generation;
         into.rolledBack = false;
         fillPageTable(into.table, seqs);
-        NativeTensor.fillInts(into.appendIndptrDesc, into.indptr, seqs.length + 1L);
+        into.indptr.describe(into.appendIndptrDesc, 0, seqs.length + 1L);
+        into.indptr.upload(seqs.length + 1L);
         return into;
     }
 
@@ -443,7 +453,8 @@ public final class PagedKvCache implements AutoCloseable {
     /**
      * Writes layer {@code layer}'s K and V for a reservation: {@code k}, {@code v} are
      * [totalNewTokens, kvHeads, headDim] (F32, F16 or BF16), sequence by sequence in the order of
-     * the reservation. Non-finite values are rejected before anything is written.
+     * the reservation. Non-finite values are rejected before anything is written. On a CUDA cache
+     * they are device tensors and the write is enqueued on the current stream.
      */
     public void write(int layer, Reservation r, Tensor k, Tensor v) {
         checkOpen();
@@ -456,8 +467,9 @@ public final class PagedKvCache implements AutoCloseable {
         }
         checkKv(k, "k", r.totalTokens);
         checkKv(v, "v", r.totalTokens);
-        NativeTensor.fill(kDesc, k, "k");
-        NativeTensor.fill(vDesc, v, "v");
+        Device device = lib.device();
+        NativeTensor.fill(kDesc, k, "k", device);
+        NativeTensor.fill(vDesc, v, "v", device);
         Native.check(Attn4jNative.attn4j_paged_kv_append(lib.handle(), layerStructs[layer],
                 r.table.nativeStruct("reservation.table"), r.appendIndptrDesc, kDesc, vDesc), "write");
     }
@@ -504,20 +516,34 @@ public final class PagedKvCache implements AutoCloseable {
 
     // ---- page tables ----
 
-    /** A new page table for {@code seqs}. */
+    /**
+     * A new page table for {@code seqs}, on the cache's device. A host table is freed by the
+     * garbage collector; a device table's memory is held until the cache closes, so loops reuse
+     * one table through {@link #fillPageTable} instead.
+     */
     public PageTable pageTable(int... seqs) {
         int pages = 0;
         for (int i = 0; i < seqs.length; i++) {
             pages += sequenceAt(seqs, i).pageCount;
         }
-        PageTable t = PageTable.allocate(Arena.ofAuto(), Math.max(seqs.length, 1), pages);
+        PageTable t = newTable(Math.max(seqs.length, 1), pages);
         fillPageTable(t, seqs);
         return t;
     }
 
-    /** Rewrites {@code table} in place for {@code seqs}, allocating nothing. */
+    /**
+     * Rewrites {@code table} in place for {@code seqs}, allocating nothing. The table must be on
+     * the cache's device ({@link PageTable#allocate(DeviceArena, int, int)} for a CUDA cache).
+     */
     public void fillPageTable(PageTable table, int[] seqs) {
         checkOpen();
+        if (table == null) {
+            throw Attn4jException.invalid("table: null");
+        }
+        if (!table.device().equals(lib.device())) {
+            throw Attn4jException.invalid("table: a page table on " + table.device() + " for a cache on "
+                    + lib.device() + "; allocate it with PageTable.allocate(DeviceArena, ...) of this device");
+        }
         if (seqs == null || seqs.length == 0) {
             throw Attn4jException.invalid("seqs: need at least one sequence");
         }
@@ -608,9 +634,35 @@ public final class PagedKvCache implements AutoCloseable {
 
     @Override
     public void close() {
+        if (deviceArena != null) {
+            deviceArena.close();
+        }
         if (arena.scope().isAlive()) {
             arena.close();
         }
+    }
+
+    private MemorySegment allocateSlab(long bytes) {
+        return deviceArena == null ? HugePages.allocate(arena, bytes) : deviceArena.allocateBytes(bytes);
+    }
+
+    /** Copies page {@code from} of a slab onto page {@code to} (the copy-on-write of a fork). */
+    private void copyPage(MemorySegment slab, int from, int to) {
+        if (deviceArena == null) {
+            MemorySegment.copy(slab, from * pageBytes, slab, to * pageBytes, pageBytes);
+        } else {
+            lib.memcpy(MemorySegment.ofAddress(slab.address() + to * pageBytes),
+                    MemorySegment.ofAddress(slab.address() + from * pageBytes), pageBytes, false, "fork");
+        }
+    }
+
+    private PageTable newTable(int maxBatch, int maxPages) {
+        return deviceArena == null ? PageTable.allocate(Arena.ofAuto(), maxBatch, maxPages)
+                : PageTable.allocate(deviceArena, maxBatch, maxPages);
+    }
+
+    private MirroredInts newInts(long count) {
+        return deviceArena == null ? MirroredInts.onHost(Arena.ofAuto(), count) : MirroredInts.on(deviceArena, count);
     }
 
     private void fillQuant(MemorySegment q, int layer, Calibration cal) {
@@ -629,12 +681,22 @@ public final class PagedKvCache implements AutoCloseable {
         attn4j_kv_quant.k_clip(q, arena.allocateFrom(ValueLayout.JAVA_FLOAT, kClip));
         attn4j_kv_quant.v_clip(q, arena.allocateFrom(ValueLayout.JAVA_FLOAT, vClip));
         if (r == Rotation.CALIBRATED) {
-            attn4j_kv_quant.k_matrix(q, arena.allocateFrom(ValueLayout.JAVA_FLOAT, cal.kRotations(layer)));
-            attn4j_kv_quant.v_matrix(q, arena.allocateFrom(ValueLayout.JAVA_FLOAT, cal.vRotations(layer)));
+            attn4j_kv_quant.k_matrix(q, onCacheDevice(arena.allocateFrom(ValueLayout.JAVA_FLOAT, cal.kRotations(layer))));
+            attn4j_kv_quant.v_matrix(q, onCacheDevice(arena.allocateFrom(ValueLayout.JAVA_FLOAT, cal.vRotations(layer))));
         } else {
             attn4j_kv_quant.k_matrix(q, MemorySegment.NULL);
             attn4j_kv_quant.v_matrix(q, MemorySegment.NULL);
         }
+    }
+
+    /** {@code host} itself on CPU; a device copy of it on CUDA (the ABI wants rotation matrices there). */
+    private MemorySegment onCacheDevice(MemorySegment host) {
+        if (deviceArena == null) {
+            return host;
+        }
+        MemorySegment d = deviceArena.allocateBytes(host.byteSize());
+        lib.memcpy(d, host, host.byteSize(), false, "cache: rotation matrices");
+        return d;
     }
 
     static void checkFormat(KvFormat f, Calibration cal, int layers, int kvHeads, int headDim) {
@@ -655,9 +717,14 @@ public final class PagedKvCache implements AutoCloseable {
     }
 
     private void checkOpen() {
-        if (!arena.scope().isAlive()) {
+        if (!isOpen()) {
             throw new IllegalStateException("cache: closed");
         }
+    }
+
+    /** Closed by {@link #close()}, or with its Attn4j (which closes the cache's device memory). */
+    private boolean isOpen() {
+        return arena.scope().isAlive() && (deviceArena == null || deviceArena.isOpen());
     }
 
     private void checkLayer(int layer) {
@@ -682,7 +749,7 @@ public final class PagedKvCache implements AutoCloseable {
     /** {@code seqs[i]}'s sequence; the error message is built only on failure (hot path). */
     private Sequence sequenceAt(int[] seqs, int i) {
         int seq = seqs[i];
-        if (seq >= 0 && seq < sequences.length && sequences[seq] != null && arena.scope().isAlive()) {
+        if (seq >= 0 && seq < sequences.length && sequences[seq] != null && isOpen()) {
             return sequences[seq];
         }
         return sequence(seq, "seqs[" + i + "]");
@@ -723,7 +790,7 @@ public final class PagedKvCache implements AutoCloseable {
         private final int[] seqs;
         private final int[] oldPageCounts;
         private final long[] oldLengths;
-        private final MemorySegment indptr;
+        private final MirroredInts indptr;
         private final PageTable table;
         private final MemorySegment appendIndptrDesc;
         private int batch;
@@ -731,14 +798,14 @@ public final class PagedKvCache implements AutoCloseable {
         private int totalTokens;
         private boolean rolledBack = true;
 
-        private Reservation(PagedKvCache cache, Arena arena, int maxBatch, int maxPages) {
+        private Reservation(PagedKvCache cache, int maxBatch, PageTable table, MirroredInts indptr) {
             this.cache = cache;
             this.seqs = new int[maxBatch];
             this.oldPageCounts = new int[maxBatch];
             this.oldLengths = new long[maxBatch];
-            this.indptr = arena.allocate(ValueLayout.JAVA_INT, maxBatch + 1L);
-            this.table = PageTable.allocate(arena, maxBatch, maxPages);
-            this.appendIndptrDesc = attn4j_tensor.allocate(arena);
+            this.indptr = indptr;
+            this.table = table;
+            this.appendIndptrDesc = attn4j_tensor.allocate(Arena.ofAuto());
         }
 
         /** The batch's page table after the reservation (usable for attention right away). */

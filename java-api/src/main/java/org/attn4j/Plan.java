@@ -14,6 +14,7 @@ import org.attn4j.internal.Native;
  */
 public abstract sealed class Plan implements AutoCloseable permits DecodePlan, PrefillPlan {
     final AttentionConfig config;
+    final Device device;
     final Arena arena;
     private MemorySegment handle;
 
@@ -23,6 +24,7 @@ public abstract sealed class Plan implements AutoCloseable permits DecodePlan, P
 
     Plan(Attn4j lib, AttentionConfig config, Creator creator, String what) {
         this.config = config;
+        this.device = lib.device();
         this.arena = Arena.ofConfined();
         try {
             MemorySegment out = arena.allocate(ValueLayout.ADDRESS);
@@ -39,6 +41,11 @@ public abstract sealed class Plan implements AutoCloseable permits DecodePlan, P
             throw new IllegalStateException("plan: closed");
         }
         return handle;
+    }
+
+    /** Where the plan runs: tensors, caches and page tables it is given must live there. */
+    public Device device() {
+        return device;
     }
 
     public int qoHeads() {

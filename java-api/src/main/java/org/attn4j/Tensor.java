@@ -8,22 +8,29 @@ import java.util.Arrays;
 import org.attn4j.internal.Floats;
 
 /**
- * A strided view of host memory: a {@link MemorySegment}, a {@link DType}, a shape and strides
- * (in elements). Wrapping never copies; the caller's arena owns the memory, and a tensor whose
- * arena was closed is rejected when used. Immutable and cheap; safe to share between threads.
+ * A strided view of memory: a {@link MemorySegment}, a {@link DType}, a shape and strides (in
+ * elements), on a {@link Device}. Host tensors wrap caller segments without copying; the caller's
+ * arena owns the memory, and a tensor whose arena was closed is rejected when used. Device
+ * tensors ({@link #allocate(DeviceArena, DType, long...)} on a CUDA {@link Attn4j}) live in GPU
+ * memory that Java cannot read: their element accessors throw, and data moves only through
+ * {@link Attn4j#copy}. Immutable and cheap; safe to share between threads.
  */
 public final class Tensor {
     /** Largest rank the native descriptors carry. */
     public static final int MAX_RANK = 4;
 
+    // Host: the memory itself. Device: a zero-length segment at the device address, bound to the
+    // owning arena's lifetime, so nothing in Java can dereference it.
     private final MemorySegment segment;
+    private final long byteSize;
     private final DType dtype;
     private final long[] shape;
     private final long[] strides;
     private final Device device;
 
-    private Tensor(MemorySegment segment, DType dtype, long[] shape, long[] strides, Device device) {
+    private Tensor(MemorySegment segment, long byteSize, DType dtype, long[] shape, long[] strides, Device device) {
         this.segment = segment;
+        this.byteSize = byteSize;
         this.dtype = dtype;
         this.shape = shape;
         this.strides = strides;
@@ -76,7 +83,29 @@ public final class Tensor {
             throw Attn4jException.invalid("segment: address 0x" + Long.toHexString(segment.address())
                     + " is not aligned to " + dtype.byteSize() + " bytes for " + dtype);
         }
-        return new Tensor(segment, dtype, s, st, Device.cpu());
+        return new Tensor(segment, segment.byteSize(), dtype, s, st, Device.cpu());
+    }
+
+    /**
+     * Allocates a contiguous tensor in {@code arena}'s memory: device memory on a CUDA
+     * {@link Attn4j} (not readable from Java; copy it with {@link Attn4j#copy}), host memory on a
+     * CPU one (then an ordinary host tensor). Contents are undefined; freed when the arena closes.
+     */
+    public static Tensor allocate(DeviceArena arena, DType dtype, long... shape) {
+        if (arena == null) {
+            throw Attn4jException.invalid("arena: null");
+        }
+        return arena.allocateTensor(dtype, shape, false);
+    }
+
+    /** A contiguous tensor over {@code bytes} of device memory at {@code address} (zero-length segment). */
+    static Tensor onDevice(MemorySegment address, long bytes, DType dtype, long[] shape, Device device) {
+        return new Tensor(address, bytes, dtype, shape, contiguousStrides(shape), device);
+    }
+
+    static long[] checkedShape(DType dtype, long[] shape) {
+        requireTensorType(dtype);
+        return checkShape(shape);
     }
 
     /** Allocates a contiguous, 64-byte-aligned host tensor in {@code arena}; contents are zero. */
@@ -107,7 +136,29 @@ public final class Tensor {
         return t;
     }
 
+    /** The host memory of this tensor; a device tensor has none Java may touch (throws). */
     public MemorySegment segment() {
+        requireHost("segment()");
+        return segment;
+    }
+
+    /** Address of the first element: a device pointer for device tensors (interop with other CUDA code). */
+    public long address() {
+        return segment.address();
+    }
+
+    /** Bytes of memory behind {@link #address()} that the tensor may reach. */
+    public long byteSize() {
+        return byteSize;
+    }
+
+    /** Whether Java can read and write the elements (host memory, pinned or not). */
+    public boolean isHost() {
+        return device.kind() == Device.Kind.CPU;
+    }
+
+    /** The segment as handed to native code (for device tensors, the zero-length address segment). */
+    MemorySegment memory() {
         return segment;
     }
 
@@ -146,11 +197,23 @@ public final class Tensor {
     }
 
     public boolean isContiguous() {
-        return Arrays.equals(strides, contiguousStrides(shape));
+        long expected = 1;
+        for (int i = shape.length - 1; i >= 0; i--) {
+            if (strides[i] != expected) {
+                return false;
+            }
+            expected *= Math.max(shape[i], 1);
+        }
+        return true;
+    }
+
+    boolean sameShape(Tensor other) {
+        return Arrays.equals(shape, other.shape);
     }
 
     /** All elements in row-major order, converted to float. */
     public float[] toFloatArray() {
+        requireHost("toFloatArray");
         long n = elementCount();
         if (n > Integer.MAX_VALUE - 8) {
             throw Attn4jException.invalid("tensor: " + n + " elements do not fit a Java array");
@@ -164,6 +227,7 @@ public final class Tensor {
 
     /** Element at row-major index {@code flat}, converted to float. */
     public float getFlat(long flat) {
+        requireHost("getFlat");
         long off = offsetOf(flat) * dtype.byteSize();
         return switch (dtype) {
             case F32 -> segment.get(ValueLayout.JAVA_FLOAT_UNALIGNED, off);
@@ -176,6 +240,7 @@ public final class Tensor {
 
     /** Sets the element at row-major index {@code flat}, converting from float. */
     public void setFlat(long flat, float value) {
+        requireHost("setFlat");
         long off = offsetOf(flat) * dtype.byteSize();
         switch (dtype) {
             case F32 -> segment.set(ValueLayout.JAVA_FLOAT_UNALIGNED, off, value);
@@ -188,9 +253,17 @@ public final class Tensor {
 
     /** Fills every element with {@code value} (e.g. NaN to poison outputs in tests). */
     public void fill(float value) {
+        requireHost("fill");
         long n = elementCount();
         for (long i = 0; i < n; i++) {
             setFlat(i, value);
+        }
+    }
+
+    private void requireHost(String what) {
+        if (device.kind() != Device.Kind.CPU) {
+            throw new IllegalStateException("tensor: " + what + " reads host memory, but this tensor lives on " + device
+                    + "; copy it to a host tensor first (Attn4j.copy)");
         }
     }
 

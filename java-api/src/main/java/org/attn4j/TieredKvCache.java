@@ -130,6 +130,10 @@ public final class TieredKvCache implements AutoCloseable {
         }
 
         public TieredKvCache build() {
+            if (lib.device().kind() != Device.Kind.CPU) {
+                throw new Attn4jException(Status.UNSUPPORTED, "lib: tiered KV caches run on CPU only (the CUDA decode "
+                        + "reads one cache segment per run); on " + lib.device() + " use a PagedKvCache");
+            }
             if (format == null || !format.isQuantized()) {
                 throw Attn4jException.invalid("format: a tiered cache needs a quantized format (KvFormat.quantized), got "
                         + format);

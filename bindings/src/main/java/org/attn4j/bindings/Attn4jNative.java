@@ -23,10 +23,10 @@ public class Attn4jNative extends Attn4jNative$shared {
     static final SymbolLookup SYMBOL_LOOKUP = SymbolLookup.loaderLookup()
             .or(Linker.nativeLinker().defaultLookup());
 
-    private static final int ATTN4J_ABI_VERSION = (int)2L;
+    private static final int ATTN4J_ABI_VERSION = (int)3L;
     /**
      * {@snippet lang=c :
-     * #define ATTN4J_ABI_VERSION 2
+     * #define ATTN4J_ABI_VERSION 3
      * }
      */
     public static int ATTN4J_ABI_VERSION() {
@@ -1395,6 +1395,923 @@ public class Attn4jNative extends Attn4jNative$shared {
                 traceDowncall("attn4j_merge_states", ctx, v, s, v_out, s_out);
             }
             return (int)mh$.invokeExact(ctx, v, s, v_out, s_out);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
+    private static class attn4j_memory_alloc {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            Attn4jNative.C_INT,
+            Attn4jNative.C_POINTER,
+            Attn4jNative.C_LONG,
+            Attn4jNative.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("attn4j_memory_alloc");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_memory_alloc(attn4j_context *ctx, int64_t bytes, void **out_ptr)
+     * }
+     */
+    public static FunctionDescriptor attn4j_memory_alloc$descriptor() {
+        return attn4j_memory_alloc.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_memory_alloc(attn4j_context *ctx, int64_t bytes, void **out_ptr)
+     * }
+     */
+    public static MethodHandle attn4j_memory_alloc$handle() {
+        return attn4j_memory_alloc.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_memory_alloc(attn4j_context *ctx, int64_t bytes, void **out_ptr)
+     * }
+     */
+    public static MemorySegment attn4j_memory_alloc$address() {
+        return attn4j_memory_alloc.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * attn4j_status attn4j_memory_alloc(attn4j_context *ctx, int64_t bytes, void **out_ptr)
+     * }
+     */
+    public static int attn4j_memory_alloc(MemorySegment ctx, long bytes, MemorySegment out_ptr) {
+        var mh$ = attn4j_memory_alloc.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("attn4j_memory_alloc", ctx, bytes, out_ptr);
+            }
+            return (int)mh$.invokeExact(ctx, bytes, out_ptr);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
+    private static class attn4j_memory_free {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            Attn4jNative.C_INT,
+            Attn4jNative.C_POINTER,
+            Attn4jNative.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("attn4j_memory_free");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_memory_free(attn4j_context *ctx, void *ptr)
+     * }
+     */
+    public static FunctionDescriptor attn4j_memory_free$descriptor() {
+        return attn4j_memory_free.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_memory_free(attn4j_context *ctx, void *ptr)
+     * }
+     */
+    public static MethodHandle attn4j_memory_free$handle() {
+        return attn4j_memory_free.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_memory_free(attn4j_context *ctx, void *ptr)
+     * }
+     */
+    public static MemorySegment attn4j_memory_free$address() {
+        return attn4j_memory_free.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * attn4j_status attn4j_memory_free(attn4j_context *ctx, void *ptr)
+     * }
+     */
+    public static int attn4j_memory_free(MemorySegment ctx, MemorySegment ptr) {
+        var mh$ = attn4j_memory_free.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("attn4j_memory_free", ctx, ptr);
+            }
+            return (int)mh$.invokeExact(ctx, ptr);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
+    private static class attn4j_host_alloc_pinned {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            Attn4jNative.C_INT,
+            Attn4jNative.C_POINTER,
+            Attn4jNative.C_LONG,
+            Attn4jNative.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("attn4j_host_alloc_pinned");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_host_alloc_pinned(attn4j_context *ctx, int64_t bytes, void **out_ptr)
+     * }
+     */
+    public static FunctionDescriptor attn4j_host_alloc_pinned$descriptor() {
+        return attn4j_host_alloc_pinned.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_host_alloc_pinned(attn4j_context *ctx, int64_t bytes, void **out_ptr)
+     * }
+     */
+    public static MethodHandle attn4j_host_alloc_pinned$handle() {
+        return attn4j_host_alloc_pinned.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_host_alloc_pinned(attn4j_context *ctx, int64_t bytes, void **out_ptr)
+     * }
+     */
+    public static MemorySegment attn4j_host_alloc_pinned$address() {
+        return attn4j_host_alloc_pinned.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * attn4j_status attn4j_host_alloc_pinned(attn4j_context *ctx, int64_t bytes, void **out_ptr)
+     * }
+     */
+    public static int attn4j_host_alloc_pinned(MemorySegment ctx, long bytes, MemorySegment out_ptr) {
+        var mh$ = attn4j_host_alloc_pinned.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("attn4j_host_alloc_pinned", ctx, bytes, out_ptr);
+            }
+            return (int)mh$.invokeExact(ctx, bytes, out_ptr);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
+    private static class attn4j_host_free_pinned {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            Attn4jNative.C_INT,
+            Attn4jNative.C_POINTER,
+            Attn4jNative.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("attn4j_host_free_pinned");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_host_free_pinned(attn4j_context *ctx, void *ptr)
+     * }
+     */
+    public static FunctionDescriptor attn4j_host_free_pinned$descriptor() {
+        return attn4j_host_free_pinned.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_host_free_pinned(attn4j_context *ctx, void *ptr)
+     * }
+     */
+    public static MethodHandle attn4j_host_free_pinned$handle() {
+        return attn4j_host_free_pinned.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_host_free_pinned(attn4j_context *ctx, void *ptr)
+     * }
+     */
+    public static MemorySegment attn4j_host_free_pinned$address() {
+        return attn4j_host_free_pinned.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * attn4j_status attn4j_host_free_pinned(attn4j_context *ctx, void *ptr)
+     * }
+     */
+    public static int attn4j_host_free_pinned(MemorySegment ctx, MemorySegment ptr) {
+        var mh$ = attn4j_host_free_pinned.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("attn4j_host_free_pinned", ctx, ptr);
+            }
+            return (int)mh$.invokeExact(ctx, ptr);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
+    private static class attn4j_memcpy {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            Attn4jNative.C_INT,
+            Attn4jNative.C_POINTER,
+            Attn4jNative.C_POINTER,
+            Attn4jNative.C_POINTER,
+            Attn4jNative.C_LONG,
+            Attn4jNative.C_INT
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("attn4j_memcpy");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_memcpy(attn4j_context *ctx, void *dst, const void *src, int64_t bytes, int32_t async)
+     * }
+     */
+    public static FunctionDescriptor attn4j_memcpy$descriptor() {
+        return attn4j_memcpy.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_memcpy(attn4j_context *ctx, void *dst, const void *src, int64_t bytes, int32_t async)
+     * }
+     */
+    public static MethodHandle attn4j_memcpy$handle() {
+        return attn4j_memcpy.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_memcpy(attn4j_context *ctx, void *dst, const void *src, int64_t bytes, int32_t async)
+     * }
+     */
+    public static MemorySegment attn4j_memcpy$address() {
+        return attn4j_memcpy.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * attn4j_status attn4j_memcpy(attn4j_context *ctx, void *dst, const void *src, int64_t bytes, int32_t async)
+     * }
+     */
+    public static int attn4j_memcpy(MemorySegment ctx, MemorySegment dst, MemorySegment src, long bytes, int async) {
+        var mh$ = attn4j_memcpy.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("attn4j_memcpy", ctx, dst, src, bytes, async);
+            }
+            return (int)mh$.invokeExact(ctx, dst, src, bytes, async);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
+    private static class attn4j_stream_create {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            Attn4jNative.C_INT,
+            Attn4jNative.C_POINTER,
+            Attn4jNative.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("attn4j_stream_create");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_stream_create(attn4j_context *ctx, attn4j_stream **out_stream)
+     * }
+     */
+    public static FunctionDescriptor attn4j_stream_create$descriptor() {
+        return attn4j_stream_create.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_stream_create(attn4j_context *ctx, attn4j_stream **out_stream)
+     * }
+     */
+    public static MethodHandle attn4j_stream_create$handle() {
+        return attn4j_stream_create.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_stream_create(attn4j_context *ctx, attn4j_stream **out_stream)
+     * }
+     */
+    public static MemorySegment attn4j_stream_create$address() {
+        return attn4j_stream_create.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * attn4j_status attn4j_stream_create(attn4j_context *ctx, attn4j_stream **out_stream)
+     * }
+     */
+    public static int attn4j_stream_create(MemorySegment ctx, MemorySegment out_stream) {
+        var mh$ = attn4j_stream_create.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("attn4j_stream_create", ctx, out_stream);
+            }
+            return (int)mh$.invokeExact(ctx, out_stream);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
+    private static class attn4j_stream_wrap {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            Attn4jNative.C_INT,
+            Attn4jNative.C_POINTER,
+            Attn4jNative.C_POINTER,
+            Attn4jNative.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("attn4j_stream_wrap");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_stream_wrap(attn4j_context *ctx, void *cuda_stream, attn4j_stream **out_stream)
+     * }
+     */
+    public static FunctionDescriptor attn4j_stream_wrap$descriptor() {
+        return attn4j_stream_wrap.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_stream_wrap(attn4j_context *ctx, void *cuda_stream, attn4j_stream **out_stream)
+     * }
+     */
+    public static MethodHandle attn4j_stream_wrap$handle() {
+        return attn4j_stream_wrap.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_stream_wrap(attn4j_context *ctx, void *cuda_stream, attn4j_stream **out_stream)
+     * }
+     */
+    public static MemorySegment attn4j_stream_wrap$address() {
+        return attn4j_stream_wrap.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * attn4j_status attn4j_stream_wrap(attn4j_context *ctx, void *cuda_stream, attn4j_stream **out_stream)
+     * }
+     */
+    public static int attn4j_stream_wrap(MemorySegment ctx, MemorySegment cuda_stream, MemorySegment out_stream) {
+        var mh$ = attn4j_stream_wrap.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("attn4j_stream_wrap", ctx, cuda_stream, out_stream);
+            }
+            return (int)mh$.invokeExact(ctx, cuda_stream, out_stream);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
+    private static class attn4j_stream_native_handle {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            Attn4jNative.C_INT,
+            Attn4jNative.C_POINTER,
+            Attn4jNative.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("attn4j_stream_native_handle");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_stream_native_handle(attn4j_stream *stream, void **out_handle)
+     * }
+     */
+    public static FunctionDescriptor attn4j_stream_native_handle$descriptor() {
+        return attn4j_stream_native_handle.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_stream_native_handle(attn4j_stream *stream, void **out_handle)
+     * }
+     */
+    public static MethodHandle attn4j_stream_native_handle$handle() {
+        return attn4j_stream_native_handle.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_stream_native_handle(attn4j_stream *stream, void **out_handle)
+     * }
+     */
+    public static MemorySegment attn4j_stream_native_handle$address() {
+        return attn4j_stream_native_handle.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * attn4j_status attn4j_stream_native_handle(attn4j_stream *stream, void **out_handle)
+     * }
+     */
+    public static int attn4j_stream_native_handle(MemorySegment stream, MemorySegment out_handle) {
+        var mh$ = attn4j_stream_native_handle.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("attn4j_stream_native_handle", stream, out_handle);
+            }
+            return (int)mh$.invokeExact(stream, out_handle);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
+    private static class attn4j_stream_synchronize {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            Attn4jNative.C_INT,
+            Attn4jNative.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("attn4j_stream_synchronize");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_stream_synchronize(attn4j_stream *stream)
+     * }
+     */
+    public static FunctionDescriptor attn4j_stream_synchronize$descriptor() {
+        return attn4j_stream_synchronize.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_stream_synchronize(attn4j_stream *stream)
+     * }
+     */
+    public static MethodHandle attn4j_stream_synchronize$handle() {
+        return attn4j_stream_synchronize.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_stream_synchronize(attn4j_stream *stream)
+     * }
+     */
+    public static MemorySegment attn4j_stream_synchronize$address() {
+        return attn4j_stream_synchronize.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * attn4j_status attn4j_stream_synchronize(attn4j_stream *stream)
+     * }
+     */
+    public static int attn4j_stream_synchronize(MemorySegment stream) {
+        var mh$ = attn4j_stream_synchronize.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("attn4j_stream_synchronize", stream);
+            }
+            return (int)mh$.invokeExact(stream);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
+    private static class attn4j_stream_destroy {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            Attn4jNative.C_INT,
+            Attn4jNative.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("attn4j_stream_destroy");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_stream_destroy(attn4j_stream *stream)
+     * }
+     */
+    public static FunctionDescriptor attn4j_stream_destroy$descriptor() {
+        return attn4j_stream_destroy.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_stream_destroy(attn4j_stream *stream)
+     * }
+     */
+    public static MethodHandle attn4j_stream_destroy$handle() {
+        return attn4j_stream_destroy.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_stream_destroy(attn4j_stream *stream)
+     * }
+     */
+    public static MemorySegment attn4j_stream_destroy$address() {
+        return attn4j_stream_destroy.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * attn4j_status attn4j_stream_destroy(attn4j_stream *stream)
+     * }
+     */
+    public static int attn4j_stream_destroy(MemorySegment stream) {
+        var mh$ = attn4j_stream_destroy.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("attn4j_stream_destroy", stream);
+            }
+            return (int)mh$.invokeExact(stream);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
+    private static class attn4j_context_set_stream {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            Attn4jNative.C_INT,
+            Attn4jNative.C_POINTER,
+            Attn4jNative.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("attn4j_context_set_stream");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_context_set_stream(attn4j_context *ctx, attn4j_stream *stream)
+     * }
+     */
+    public static FunctionDescriptor attn4j_context_set_stream$descriptor() {
+        return attn4j_context_set_stream.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_context_set_stream(attn4j_context *ctx, attn4j_stream *stream)
+     * }
+     */
+    public static MethodHandle attn4j_context_set_stream$handle() {
+        return attn4j_context_set_stream.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_context_set_stream(attn4j_context *ctx, attn4j_stream *stream)
+     * }
+     */
+    public static MemorySegment attn4j_context_set_stream$address() {
+        return attn4j_context_set_stream.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * attn4j_status attn4j_context_set_stream(attn4j_context *ctx, attn4j_stream *stream)
+     * }
+     */
+    public static int attn4j_context_set_stream(MemorySegment ctx, MemorySegment stream) {
+        var mh$ = attn4j_context_set_stream.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("attn4j_context_set_stream", ctx, stream);
+            }
+            return (int)mh$.invokeExact(ctx, stream);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
+    private static class attn4j_graph_capture_begin {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            Attn4jNative.C_INT,
+            Attn4jNative.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("attn4j_graph_capture_begin");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_graph_capture_begin(attn4j_stream *stream)
+     * }
+     */
+    public static FunctionDescriptor attn4j_graph_capture_begin$descriptor() {
+        return attn4j_graph_capture_begin.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_graph_capture_begin(attn4j_stream *stream)
+     * }
+     */
+    public static MethodHandle attn4j_graph_capture_begin$handle() {
+        return attn4j_graph_capture_begin.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_graph_capture_begin(attn4j_stream *stream)
+     * }
+     */
+    public static MemorySegment attn4j_graph_capture_begin$address() {
+        return attn4j_graph_capture_begin.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * attn4j_status attn4j_graph_capture_begin(attn4j_stream *stream)
+     * }
+     */
+    public static int attn4j_graph_capture_begin(MemorySegment stream) {
+        var mh$ = attn4j_graph_capture_begin.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("attn4j_graph_capture_begin", stream);
+            }
+            return (int)mh$.invokeExact(stream);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
+    private static class attn4j_graph_capture_end {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            Attn4jNative.C_INT,
+            Attn4jNative.C_POINTER,
+            Attn4jNative.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("attn4j_graph_capture_end");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_graph_capture_end(attn4j_stream *stream, attn4j_graph **out_graph)
+     * }
+     */
+    public static FunctionDescriptor attn4j_graph_capture_end$descriptor() {
+        return attn4j_graph_capture_end.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_graph_capture_end(attn4j_stream *stream, attn4j_graph **out_graph)
+     * }
+     */
+    public static MethodHandle attn4j_graph_capture_end$handle() {
+        return attn4j_graph_capture_end.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_graph_capture_end(attn4j_stream *stream, attn4j_graph **out_graph)
+     * }
+     */
+    public static MemorySegment attn4j_graph_capture_end$address() {
+        return attn4j_graph_capture_end.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * attn4j_status attn4j_graph_capture_end(attn4j_stream *stream, attn4j_graph **out_graph)
+     * }
+     */
+    public static int attn4j_graph_capture_end(MemorySegment stream, MemorySegment out_graph) {
+        var mh$ = attn4j_graph_capture_end.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("attn4j_graph_capture_end", stream, out_graph);
+            }
+            return (int)mh$.invokeExact(stream, out_graph);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
+    private static class attn4j_graph_launch {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            Attn4jNative.C_INT,
+            Attn4jNative.C_POINTER,
+            Attn4jNative.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("attn4j_graph_launch");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_graph_launch(attn4j_graph *graph, attn4j_stream *stream)
+     * }
+     */
+    public static FunctionDescriptor attn4j_graph_launch$descriptor() {
+        return attn4j_graph_launch.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_graph_launch(attn4j_graph *graph, attn4j_stream *stream)
+     * }
+     */
+    public static MethodHandle attn4j_graph_launch$handle() {
+        return attn4j_graph_launch.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_graph_launch(attn4j_graph *graph, attn4j_stream *stream)
+     * }
+     */
+    public static MemorySegment attn4j_graph_launch$address() {
+        return attn4j_graph_launch.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * attn4j_status attn4j_graph_launch(attn4j_graph *graph, attn4j_stream *stream)
+     * }
+     */
+    public static int attn4j_graph_launch(MemorySegment graph, MemorySegment stream) {
+        var mh$ = attn4j_graph_launch.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("attn4j_graph_launch", graph, stream);
+            }
+            return (int)mh$.invokeExact(graph, stream);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
+    private static class attn4j_graph_destroy {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            Attn4jNative.C_INT,
+            Attn4jNative.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("attn4j_graph_destroy");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_graph_destroy(attn4j_graph *graph)
+     * }
+     */
+    public static FunctionDescriptor attn4j_graph_destroy$descriptor() {
+        return attn4j_graph_destroy.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_graph_destroy(attn4j_graph *graph)
+     * }
+     */
+    public static MethodHandle attn4j_graph_destroy$handle() {
+        return attn4j_graph_destroy.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * attn4j_status attn4j_graph_destroy(attn4j_graph *graph)
+     * }
+     */
+    public static MemorySegment attn4j_graph_destroy$address() {
+        return attn4j_graph_destroy.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * attn4j_status attn4j_graph_destroy(attn4j_graph *graph)
+     * }
+     */
+    public static int attn4j_graph_destroy(MemorySegment graph) {
+        var mh$ = attn4j_graph_destroy.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("attn4j_graph_destroy", graph);
+            }
+            return (int)mh$.invokeExact(graph);
         } catch (Error | RuntimeException ex) {
            throw ex;
         } catch (Throwable ex$) {

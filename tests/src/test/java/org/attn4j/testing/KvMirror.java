@@ -19,15 +19,22 @@ public final class KvMirror {
     private final PagedKvCache cache;
     private final KvGen gen;
     private final DType inputType;
+    private final OnDevice device;
     private final int row;
     private final Map<Integer, float[][]> k = new HashMap<>(); // seq -> [layer][len * row]
     private final Map<Integer, float[][]> v = new HashMap<>();
     private final Map<Integer, Integer> len = new HashMap<>();
 
     public KvMirror(PagedKvCache cache, KvGen gen, DType inputType) {
+        this(cache, gen, inputType, null);
+    }
+
+    /** K/V written through {@code device} (needed for a cache on a CUDA device). */
+    public KvMirror(PagedKvCache cache, KvGen gen, DType inputType, OnDevice device) {
         this.cache = cache;
         this.gen = gen;
         this.inputType = inputType;
+        this.device = device;
         this.row = cache.kvHeads() * cache.headDim();
     }
 
@@ -99,13 +106,11 @@ public final class KvMirror {
         long[] shape = {total, cache.kvHeads(), cache.headDim()};
         PagedKvCache.Reservation r;
         if (useAppend) {
-            r = cache.append(seqs, counts, Tensor.ofFloats(arena, inputType, newK[0], shape),
-                    Tensor.ofFloats(arena, inputType, newV[0], shape));
+            r = cache.append(seqs, counts, input(arena, newK[0], shape), input(arena, newV[0], shape));
         } else {
             r = cache.reserve(seqs, counts);
             for (int l = 0; l < layers; l++) {
-                cache.write(l, r, Tensor.ofFloats(arena, inputType, newK[l], shape),
-                        Tensor.ofFloats(arena, inputType, newV[l], shape));
+                cache.write(l, r, input(arena, newK[l], shape), input(arena, newV[l], shape));
             }
         }
         // record what the cache must now hold
@@ -129,6 +134,11 @@ public final class KvMirror {
             len.put(seqs[i], len.get(seqs[i]) + counts[i]);
         }
         return r;
+    }
+
+    private Tensor input(Arena arena, float[] values, long[] shape) {
+        Tensor host = Tensor.ofFloats(arena, inputType, values, shape);
+        return device == null ? host : device.put(host);
     }
 
     private static float[][] deepCopy(float[][] a) {

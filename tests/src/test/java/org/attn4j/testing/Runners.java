@@ -32,7 +32,11 @@ public final class Runners {
         }
     }
 
-    public static void decode(Attn4j lib, DecodeCase c) {
+    /**
+     * Runs on {@code lib}'s device: on CUDA, K/V, q and the outputs go through device copies and
+     * a case the CUDA kernels do not cover is skipped with the library's reason.
+     */
+    public static void decode(Attn4j lib, DecodeCase c) throws Throwable {
         int heads = c.kvHeads * c.group;
         int d = c.headDim;
         int batch = c.lengths.length;
@@ -42,10 +46,12 @@ public final class Runners {
         }
         KvGen gen = new KvGen(c.seed, c.kvHeads, d);
         Random rnd = gen.random();
-        try (Arena arena = Arena.ofConfined();
+        try (Arena arena = Arena.ofConfined(); OnDevice dev = OnDevice.of(lib);
                 PagedKvCache cache = PagedKvCache.builder(lib).kvHeads(c.kvHeads).headDim(d).pageSize(c.pageSize)
-                        .numPages(pages).dtype(c.kv).build()) {
-            KvMirror m = new KvMirror(cache, gen, c.in);
+                        .numPages(pages).dtype(c.kv).build();
+                DecodePlan plan = TestDevice.skipIfUnsupportedOnCuda(lib, () -> Attention.decode(lib).forCache(cache)
+                        .qoHeads(heads).qDType(c.q).outDType(c.out).maxBatch(batch).build())) {
+            KvMirror m = new KvMirror(cache, gen, c.in, dev);
             int[] seqs = new int[batch];
             for (int i = 0; i < batch; i++) {
                 seqs[i] = m.newSequence();
@@ -80,36 +86,76 @@ public final class Runners {
             if (rnd.nextBoolean()) {
                 table = cache.pageTable(seqs);
             } else {
-                table = PageTable.allocate(arena, batch + 1, pages);
+                table = dev.pageTable(arena, batch + 1, pages);
                 cache.fillPageTable(table, seqs);
             }
-            try (DecodePlan plan = Attention.decode(lib).forCache(cache).qoHeads(heads).qDType(c.q).outDType(c.out)
-                    .maxBatch(batch).build()) {
-                float[] q = gen.queries(batch, heads);
-                Tensor qt = Tensor.ofFloats(arena, c.q, q, batch, heads, d);
-                float[] qr = KvGen.round(q, c.q);
-                Checks.Output out = Checks.Output.of(arena, c.out, batch, heads, d);
-                Checks.Output lse = c.lse ? Checks.Output.of(arena, DType.F32, batch, heads) : null;
-                double[] refOut = new double[batch * heads * d];
-                double[] refLse = new double[batch * heads];
-                for (int b = 0; b < batch; b++) {
-                    ReferenceAttention.Result r = ReferenceAttention.attend(qr, b * heads * d, m.keys(0, seqs[b]),
-                            m.values(0, seqs[b]), 0, 1, c.lengths[b], heads, c.kvHeads, d, plan.scale(), false);
-                    System.arraycopy(r.out(), 0, refOut, b * heads * d, heads * d);
-                    System.arraycopy(r.lse(), 0, refLse, b * heads, heads);
+            float[] q = gen.queries(batch, heads);
+            Tensor qt = dev.put(Tensor.ofFloats(arena, c.q, q, batch, heads, d));
+            float[] qr = KvGen.round(q, c.q);
+            Checks.Output out = Checks.Output.of(arena, c.out, batch, heads, d);
+            Checks.Output lse = c.lse ? Checks.Output.of(arena, DType.F32, batch, heads) : null;
+            Tensor outD = dev.put(out.tensor);
+            Tensor lseD = lse == null ? null : dev.put(lse.tensor);
+            double[] refOut = new double[batch * heads * d];
+            double[] refLse = new double[batch * heads];
+            for (int b = 0; b < batch; b++) {
+                ReferenceAttention.Result r = ReferenceAttention.attend(qr, b * heads * d, m.keys(0, seqs[b]),
+                        m.values(0, seqs[b]), 0, 1, c.lengths[b], heads, c.kvHeads, d, plan.scale(), false);
+                System.arraycopy(r.out(), 0, refOut, b * heads * d, heads * d);
+                System.arraycopy(r.lse(), 0, refLse, b * heads, heads);
+            }
+            double tol = Checks.tolerance(c.kv, c.q, c.out, c.in);
+            for (int rep = 0; rep < 2; rep++) {
+                out.poison();
+                dev.refresh(out.tensor, outD);
+                if (lse != null) {
+                    lse.poison();
+                    dev.refresh(lse.tensor, lseD);
                 }
-                double tol = Checks.tolerance(c.kv, c.q, c.out, c.in);
-                for (int rep = 0; rep < 2; rep++) {
-                    out.poison();
-                    if (lse != null) {
-                        lse.poison();
-                    }
-                    plan.run(qt, cache, 0, table, out.tensor, lse == null ? null : lse.tensor);
-                    Checks.assertClose(out.read("out", c.seed), refOut, tol, c + " out (run " + rep + ")");
-                    if (lse != null) {
-                        Checks.assertClose(lse.read("lse", c.seed), refLse, tol, c + " lse (run " + rep + ")");
-                    }
+                plan.run(qt, cache, 0, table, outD, lseD);
+                dev.get(outD, out.tensor);
+                Checks.assertClose(out.read("out", c.seed), refOut, tol, c + " out (run " + rep + ")");
+                if (lse != null) {
+                    dev.get(lseD, lse.tensor);
+                    Checks.assertClose(lse.read("lse", c.seed), refLse, tol, c + " lse (run " + rep + ")");
                 }
+            }
+        }
+    }
+
+    /**
+     * Decodes {@code seqs} of layer {@code layer} of the mirror's cache on {@code lib}'s device
+     * (F32 q and out, {@code group} query heads per KV head) and compares with fp64 attention over
+     * the mirror's copy of their K/V.
+     */
+    public static void decodeMatchesMirror(Attn4j lib, Arena arena, OnDevice dev, KvMirror m, int group, int layer,
+            int[] seqs, long seed) {
+        PagedKvCache cache = m.cache();
+        int heads = cache.kvHeads() * group;
+        int d = cache.headDim();
+        int batch = seqs.length;
+        try (DecodePlan plan = Attention.decode(lib).forCache(cache).qoHeads(heads).qDType(DType.F32)
+                .outDType(DType.F32).maxBatch(batch).build()) {
+            float[] q = new KvGen(seed, cache.kvHeads(), d).queries(batch, heads);
+            Checks.Output out = Checks.Output.of(arena, DType.F32, batch, heads, d);
+            Checks.Output lse = Checks.Output.of(arena, DType.F32, batch, heads);
+            Tensor outD = dev.put(out.tensor);
+            Tensor lseD = dev.put(lse.tensor);
+            plan.run(dev.put(Tensor.ofFloats(arena, DType.F32, q, batch, heads, d)), cache, layer,
+                    cache.pageTable(seqs), outD, lseD);
+            dev.get(outD, out.tensor);
+            dev.get(lseD, lse.tensor);
+            float[] got = out.read("out", seed);
+            float[] gotLse = lse.read("lse", seed);
+            for (int b = 0; b < batch; b++) {
+                ReferenceAttention.Result r = ReferenceAttention.attend(q, b * heads * d, m.keys(layer, seqs[b]),
+                        m.values(layer, seqs[b]), 0, 1, m.length(seqs[b]), heads, cache.kvHeads(), d, plan.scale(),
+                        false);
+                float[] gb = Arrays.copyOfRange(got, b * heads * d, (b + 1) * heads * d);
+                float[] lb = Arrays.copyOfRange(gotLse, b * heads, (b + 1) * heads);
+                double tol = Checks.tolerance(cache.dtype());
+                Checks.assertClose(gb, r.out(), tol, "layer " + layer + " seq " + seqs[b] + " out (seed " + seed + ")");
+                Checks.assertClose(lb, r.lse(), tol, "layer " + layer + " seq " + seqs[b] + " lse (seed " + seed + ")");
             }
         }
     }

@@ -6,19 +6,19 @@ import static org.junit.jupiter.api.Assertions.assertThrows;
 import org.attn4j.Attn4j;
 import org.attn4j.Attn4jException;
 import org.attn4j.Device;
-import org.attn4j.PagedKvCache;
+import org.attn4j.DType;
+import org.attn4j.KvFormat;
 import org.attn4j.Status;
+import org.attn4j.TieredKvCache;
+import org.attn4j.testing.TestDevice;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
-import org.junit.jupiter.api.Assumptions;
 
 /** CUDA: skipped, with the reason shown, where no device is visible. */
 class GpuTest {
     @BeforeEach
     void needGpu() {
-        int n = Attn4j.cudaDeviceCount();
-        Assumptions.assumeTrue(n > 0, "no CUDA device: attn4j_device_count(CUDA) = 0 (no GPU, no driver, "
-                + "or a CPU-only build; buildInfo: " + Attn4j.buildInfo().replace('\n', ' ') + ")");
+        TestDevice.assumeCuda();
     }
 
     @Test
@@ -34,11 +34,12 @@ class GpuTest {
     }
 
     @Test
-    void cacheOnGpuSaysUnsupported() {
+    void tieredCacheOnGpuSaysUnsupported() {
         try (Attn4j lib = Attn4j.open(Device.cuda(0))) {
-            Attn4jException e = assertThrows(Attn4jException.class,
-                    () -> PagedKvCache.builder(lib).kvHeads(1).headDim(64).numPages(4).build());
+            Attn4jException e = assertThrows(Attn4jException.class, () -> TieredKvCache.builder(lib).kvHeads(1)
+                    .headDim(64).numPages(4, 4).format(KvFormat.quantized(DType.INT8, 64)).build());
             assertEquals(Status.UNSUPPORTED, e.status());
+            org.attn4j.testing.Checks.assertNames(e.getMessage(), java.util.List.of("lib"));
         }
     }
 }

@@ -58,7 +58,7 @@ class IsaTest extends LibFixture {
 
     @ParameterizedTest(name = "{0}")
     @MethodSource("decodes")
-    void decode(DecodeCase c) {
+    void decode(DecodeCase c) throws Throwable {
         Runners.decode(lib, c);
     }
 

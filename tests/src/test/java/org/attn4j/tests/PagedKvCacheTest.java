@@ -11,9 +11,7 @@ import java.util.HashSet;
 import java.util.List;
 import java.util.Set;
 
-import org.attn4j.Attention;
 import org.attn4j.DType;
-import org.attn4j.DecodePlan;
 import org.attn4j.PageTable;
 import org.attn4j.PagedKvCache;
 import org.attn4j.Status;
@@ -21,7 +19,8 @@ import org.attn4j.Tensor;
 import org.attn4j.testing.Checks;
 import org.attn4j.testing.KvGen;
 import org.attn4j.testing.KvMirror;
-import org.attn4j.testing.ReferenceAttention;
+import org.attn4j.testing.OnDevice;
+import org.attn4j.testing.Runners;
 import org.junit.jupiter.api.Test;
 
 /** The page allocator end to end: reserve/write/append, fork, free, refcounts, exhaustion. */
@@ -35,31 +34,9 @@ class PagedKvCacheTest extends LibFixture {
                 .layers(layers).build();
     }
 
-    /** Decodes {@code seqs} of layer {@code layer} and compares with the mirror's copy of their K/V. */
     static void checkDecode(Arena arena, KvMirror m, int layer, int[] seqs, long seed) {
-        PagedKvCache cache = m.cache();
-        int heads = cache.kvHeads() * G;
-        int d = cache.headDim();
-        int batch = seqs.length;
-        try (DecodePlan plan = Attention.decode(lib).forCache(cache).qoHeads(heads).qDType(DType.F32)
-                .outDType(DType.F32).maxBatch(batch).build()) {
-            float[] q = new KvGen(seed, cache.kvHeads(), d).queries(batch, heads);
-            Checks.Output out = Checks.Output.of(arena, DType.F32, batch, heads, d);
-            Checks.Output lse = Checks.Output.of(arena, DType.F32, batch, heads);
-            plan.run(Tensor.ofFloats(arena, DType.F32, q, batch, heads, d), cache, layer, cache.pageTable(seqs),
-                    out.tensor, lse.tensor);
-            float[] got = out.read("out", seed);
-            float[] gotLse = lse.read("lse", seed);
-            for (int b = 0; b < batch; b++) {
-                ReferenceAttention.Result r = ReferenceAttention.attend(q, b * heads * d, m.keys(layer, seqs[b]),
-                        m.values(layer, seqs[b]), 0, 1, m.length(seqs[b]), heads, cache.kvHeads(), d, plan.scale(),
-                        false);
-                float[] gb = java.util.Arrays.copyOfRange(got, b * heads * d, (b + 1) * heads * d);
-                float[] lb = java.util.Arrays.copyOfRange(gotLse, b * heads, (b + 1) * heads);
-                double tol = Checks.tolerance(cache.dtype());
-                Checks.assertClose(gb, r.out(), tol, "layer " + layer + " seq " + seqs[b] + " out (seed " + seed + ")");
-                Checks.assertClose(lb, r.lse(), tol, "layer " + layer + " seq " + seqs[b] + " lse (seed " + seed + ")");
-            }
+        try (OnDevice host = OnDevice.of(lib)) {
+            Runners.decodeMatchesMirror(lib, arena, host, m, G, layer, seqs, seed);
         }
     }
 
