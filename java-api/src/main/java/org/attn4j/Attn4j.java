@@ -30,6 +30,7 @@ public final class Attn4j implements AutoCloseable {
     private MemorySegment context;
     private final List<DeviceArena> arenas = new ArrayList<>();
     private Stream currentStream;
+    private long synchronizations;
 
     private Attn4j(Device device, int threads, MemorySegment context) {
         this.device = device;
@@ -183,6 +184,26 @@ public final class Attn4j implements AutoCloseable {
     /** Copies {@code bytes} between two addresses of host or this device's memory on the current stream. */
     void memcpy(MemorySegment dst, MemorySegment src, long bytes, boolean async, String what) {
         Native.check(Attn4jNative.attn4j_memcpy(handle(), dst, src, bytes, async ? 1 : 0), what);
+        if (!async) {
+            synchronizations++;
+        }
+    }
+
+    /** How many times work of the current stream was waited for through this lib (staging reuse). */
+    long synchronizations() {
+        return synchronizations;
+    }
+
+    /** Counts a wait for the current stream's work (Stream.synchronize). */
+    void synchronized_(Stream stream) {
+        if (stream == currentStream) {
+            synchronizations++;
+        }
+    }
+
+    /** Whether the current stream is recording a graph (then copies run at replay, not now). */
+    boolean isCapturing() {
+        return currentStream != null && currentStream.isCapturing();
     }
 
     /** Called by a closing arena. */

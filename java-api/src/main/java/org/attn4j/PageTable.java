@@ -57,9 +57,12 @@ public final class PageTable {
 
     /**
      * An empty table for caches on {@code arena}'s device. On CUDA it is filled in pinned host
-     * memory and each fill enqueues one copy into its device memory on the current stream: refill
-     * it only after the stream is past the work that read it (a decode loop that reads its output
-     * each step is). On a CPU {@code Attn4j} it is a host table.
+     * memory and each fill enqueues one copy into its device memory on the current stream. A refill
+     * first waits for the previous copy if the stream was not synchronized through the lib since
+     * (a decode loop that reads its output each step already has, so that costs nothing there);
+     * inside a graph capture the copy is recorded and reads the pinned memory at each replay.
+     * Runs on another stream than the one that filled the table are not ordered after its copy.
+     * On a CPU {@code Attn4j} it is a host table.
      */
     public static PageTable allocate(DeviceArena arena, int maxBatch, int maxPages) {
         if (arena == null) {
@@ -153,6 +156,11 @@ public final class PageTable {
      * uploads them when the kernels read device memory (indptr, lastPageLen and the used indices
      * are one contiguous prefix of the block).
      */
+    /** Before Java rewrites the table: waits for an upload that may still read it. */
+    void beginRefill() {
+        ints.beforeHostWrite();
+    }
+
     void publish(int batch, int nnz) {
         this.batch = batch;
         long indicesAt = 2L * maxBatch + 1;

@@ -416,6 +416,7 @@ public final class PagedKvCache implements AutoCloseable {
                     + " pages, " + freeTop + " of " + numPages + " are free");
         }
         int total = 0;
+        into.indptr.beforeHostWrite();
         into.indptr.host.setAtIndex(ValueLayout.JAVA_INT, 0, 0);
         for (int i = 0; i < seqs.length; i++) {
             Sequence s = sequences[seqs[i]];
@@ -551,6 +552,7 @@ public final class PagedKvCache implements AutoCloseable {
             throw Attn4jException.invalid("seqs: " + seqs.length + " sequences exceed the table's maxBatch "
                     + table.maxBatch());
         }
+        table.beginRefill();
         MemorySegment indptr = table.indptrSegment();
         MemorySegment indices = table.indicesSegment();
         MemorySegment last = table.lastPageLenSegment();

@@ -19,6 +19,7 @@ public final class Stream implements AutoCloseable {
     private final Attn4j lib;
     private final boolean borrowed;
     private MemorySegment handle;
+    private boolean capturing;
 
     private Stream(Attn4j lib, MemorySegment handle, boolean borrowed) {
         this.lib = lib;
@@ -65,7 +66,11 @@ public final class Stream implements AutoCloseable {
      * synchronize.
      */
     public void synchronize() {
-        Native.check(Attn4jNative.attn4j_stream_synchronize(handle()), "synchronize");
+        try {
+            Native.check(Attn4jNative.attn4j_stream_synchronize(handle()), "synchronize");
+        } finally {
+            lib.synchronized_(this);  // the wait happened even when a table error is reported
+        }
     }
 
     /**
@@ -76,12 +81,18 @@ public final class Stream implements AutoCloseable {
      */
     public void beginCapture() {
         Native.check(Attn4jNative.attn4j_graph_capture_begin(handle()), "beginCapture");
+        capturing = true;
+    }
+
+    boolean isCapturing() {
+        return capturing;
     }
 
     /** Ends the capture begun by {@link #beginCapture()} and returns the recorded graph. */
     public CudaGraph endCapture() {
         try (Arena call = Arena.ofConfined()) {
             MemorySegment out = call.allocate(ValueLayout.ADDRESS);
+            capturing = false;  // a failed end aborts the capture too
             Native.check(Attn4jNative.attn4j_graph_capture_end(handle(), out), "endCapture");
             return new CudaGraph(out.get(ValueLayout.ADDRESS, 0));
         }

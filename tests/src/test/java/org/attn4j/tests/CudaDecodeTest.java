@@ -213,6 +213,66 @@ class CudaDecodeTest {
         }
     }
 
+    /**
+     * One device page table refilled between two runs on a busy stream, with no synchronize in
+     * between: the refill must wait for the first upload (else the first run would read the second
+     * table). Both outputs must equal the same runs made one at a time.
+     */
+    @Test
+    void refillingATableOnABusyStreamKeepsEachRunsTable() {
+        long seed = Checks.baseSeed() + 504;
+        KvGen gen = new KvGen(seed, KV_HEADS, D);
+        try (Arena arena = Arena.ofConfined(); OnDevice dev = OnDevice.of(gpu); DeviceArena mem = gpu.newDeviceArena();
+                PagedKvCache cache = PagedKvCache.builder(gpu).kvHeads(KV_HEADS).headDim(D).pageSize(PAGE)
+                        .numPages(1200).dtype(DType.BF16).build();
+                DecodePlan plan = Attention.decode(gpu).forCache(cache).qoHeads(HEADS).qDType(DType.F32)
+                        .outDType(DType.F32).maxBatch(1).build();
+                Stream stream = gpu.newStream()) {
+            KvMirror m = new KvMirror(cache, gen, DType.F32, dev);
+            int[] seqs = {m.newSequence(), m.newSequence(), m.newSequence()};
+            m.append(arena, seqs, new int[] {300, 17, 16000}, false);
+            Tensor qHost = Tensor.ofFloats(arena, DType.F32, gen.queries(1, HEADS), 1, HEADS, D);
+            Tensor q = Tensor.allocate(mem, DType.F32, 1, HEADS, D);
+            Tensor[] outs = {Tensor.allocate(mem, DType.F32, 1, HEADS, D), Tensor.allocate(mem, DType.F32, 1, HEADS, D)};
+            Tensor busy = Tensor.allocate(mem, DType.F32, 1, HEADS, D);
+            PageTable table = PageTable.allocate(mem, 1, 1100);
+            PageTable busyTable = PageTable.allocate(mem, 1, 1100);
+            gpu.copy(qHost, q);
+            float[][] expected = new float[2][];
+            for (int i = 0; i < 2; i++) {  // one at a time, default stream
+                cache.fillPageTable(table, new int[] {seqs[i]});
+                plan.run(q, cache, 0, table, outs[i]);
+                Tensor host = Tensor.allocate(arena, DType.F32, 1, HEADS, D);
+                gpu.copy(outs[i], host);
+                expected[i] = host.toFloatArray();
+            }
+            gpu.useStream(stream);
+            cache.fillPageTable(busyTable, new int[] {seqs[2]});
+            stream.synchronize();
+            for (int rep = 0; rep < 5; rep++) {
+                for (int k = 0; k < 20; k++) {  // keep the stream busy so the next upload waits in line
+                    plan.run(q, cache, 0, busyTable, busy);
+                }
+                for (int i = 0; i < 2; i++) {
+                    cache.fillPageTable(table, new int[] {seqs[i]});
+                    plan.run(q, cache, 0, table, outs[i]);
+                }
+                stream.synchronize();
+                for (int i = 0; i < 2; i++) {
+                    Tensor host = Tensor.allocate(arena, DType.F32, 1, HEADS, D);
+                    gpu.copy(outs[i], host);
+                    float[] got = host.toFloatArray();
+                    for (int j = 0; j < got.length; j++) {
+                        assertEquals(expected[i][j], got[j], 0f, "run " + i + " of round " + rep + ", element " + j
+                                + ": it must read its own table (seed " + seed + ")");
+                    }
+                }
+            }
+        } finally {
+            gpu.useDefaultStream();
+        }
+    }
+
     /** A host tensor or host page table handed to a CUDA plan is named, and the context keeps working. */
     @Test
     void hostArgumentsToACudaPlanAreNamed() {
