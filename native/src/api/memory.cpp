@@ -37,64 +37,56 @@ void* host_alloc(int64_t bytes, const char* function) {
     return p;
 }
 
+// Device and pinned allocations share everything but the CUDA call: CPU contexts get host memory
+// for both, and neither may run while the context's stream is capturing.
+template <class CudaAlloc>
+attn4j_status allocate(attn4j_context* ctx, int64_t bytes, void** out_ptr, const char* function, CudaAlloc cuda_alloc) {
+    return api::guard(function, [&] {
+        require_non_null(out_ptr, "out_ptr");
+        *out_ptr = nullptr;
+        Context& c = api::context_of(ctx);
+        check_bytes(bytes);
+        if (c.device_type != ATTN4J_DEVICE_CUDA) {
+            *out_ptr = host_alloc(bytes, function);
+            return;
+        }
+        api::reject_if_capturing(c.current_stream, function);
+        *out_ptr = cuda_alloc(c.device_id, bytes);
+    });
+}
+
+template <class CudaFree>
+attn4j_status release(attn4j_context* ctx, void* ptr, const char* function, CudaFree cuda_free) {
+    return api::guard(function, [&] {
+        Context& c = api::context_of(ctx);
+        if (!ptr) return;
+        if (c.device_type != ATTN4J_DEVICE_CUDA) {
+            std::free(ptr);
+            return;
+        }
+        api::reject_if_capturing(c.current_stream, function);
+        cuda_free(c.device_id, ptr);
+    });
+}
+
 }  // namespace
 
 extern "C" {
 
 attn4j_status attn4j_memory_alloc(attn4j_context* ctx, int64_t bytes, void** out_ptr) {
-    return api::guard("attn4j_memory_alloc", [&] {
-        require_non_null(out_ptr, "out_ptr");
-        *out_ptr = nullptr;
-        Context& c = api::context_of(ctx);
-        check_bytes(bytes);
-        if (c.device_type != ATTN4J_DEVICE_CUDA) {
-            *out_ptr = host_alloc(bytes, "attn4j_memory_alloc");
-            return;
-        }
-        api::reject_if_capturing(c.current_stream, "attn4j_memory_alloc");
-        *out_ptr = cuda_device_alloc(c.device_id, bytes);
-    });
+    return allocate(ctx, bytes, out_ptr, "attn4j_memory_alloc", cuda_device_alloc);
 }
 
 attn4j_status attn4j_memory_free(attn4j_context* ctx, void* ptr) {
-    return api::guard("attn4j_memory_free", [&] {
-        Context& c = api::context_of(ctx);
-        if (!ptr) return;
-        if (c.device_type != ATTN4J_DEVICE_CUDA) {
-            std::free(ptr);
-            return;
-        }
-        api::reject_if_capturing(c.current_stream, "attn4j_memory_free");
-        cuda_device_free(c.device_id, ptr);
-    });
+    return release(ctx, ptr, "attn4j_memory_free", cuda_device_free);
 }
 
 attn4j_status attn4j_host_alloc_pinned(attn4j_context* ctx, int64_t bytes, void** out_ptr) {
-    return api::guard("attn4j_host_alloc_pinned", [&] {
-        require_non_null(out_ptr, "out_ptr");
-        *out_ptr = nullptr;
-        Context& c = api::context_of(ctx);
-        check_bytes(bytes);
-        if (c.device_type != ATTN4J_DEVICE_CUDA) {
-            *out_ptr = host_alloc(bytes, "attn4j_host_alloc_pinned");
-            return;
-        }
-        api::reject_if_capturing(c.current_stream, "attn4j_host_alloc_pinned");
-        *out_ptr = cuda_pinned_alloc(c.device_id, bytes);
-    });
+    return allocate(ctx, bytes, out_ptr, "attn4j_host_alloc_pinned", cuda_pinned_alloc);
 }
 
 attn4j_status attn4j_host_free_pinned(attn4j_context* ctx, void* ptr) {
-    return api::guard("attn4j_host_free_pinned", [&] {
-        Context& c = api::context_of(ctx);
-        if (!ptr) return;
-        if (c.device_type != ATTN4J_DEVICE_CUDA) {
-            std::free(ptr);
-            return;
-        }
-        api::reject_if_capturing(c.current_stream, "attn4j_host_free_pinned");
-        cuda_pinned_free(c.device_id, ptr);
-    });
+    return release(ctx, ptr, "attn4j_host_free_pinned", cuda_pinned_free);
 }
 
 attn4j_status attn4j_memcpy(attn4j_context* ctx, void* dst, const void* src, int64_t bytes, int32_t async) {

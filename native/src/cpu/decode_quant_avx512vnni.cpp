@@ -43,16 +43,20 @@ struct Avx512VnniQuantOps : Avx2QuantOps {
     // bytes of one token (two 32-byte runs) or, for 32-byte rows, one run of two tokens.
     template <int BITS, int GN, int HD, int NB>
     static inline void kblock_i8(const uint8_t* base, const int64_t* coff, int n, const int8_t* q, float* sacc) {
+        if constexpr (HD * BITS / 8 < 32)  // never taken: groups of n < 32 bytes use the float K path
+            Avx2QuantOps::kblock_i8<BITS, GN, HD, NB>(base, coff, n, q, sacc);
+        else
+            kblock_vnni<BITS, GN, HD, NB>(base, coff, n, q, sacc);
+    }
+
+    template <int BITS, int GN, int HD, int NB>
+    static inline void kblock_vnni(const uint8_t* base, const int64_t* coff, int n, const int8_t* q, float* sacc) {
         constexpr int per = 8 / BITS, G = NB * per, ng = HD / G, CB = HD * BITS / 8;
         constexpr bool pairs = CB == 32;
         constexpr int Z = pairs ? 1 : CB / 64;  // zmm of codes per token
         constexpr int QV = Z * per;             // q vectors per head (each also has a residual)
         constexpr int HP = GN * QV <= 8 ? GN : (2 * QV <= 8 ? 2 : 1);  // heads per pass: <= 16 q regs
-        if constexpr (CB < 32) {  // never taken: groups of n < 32 bytes use the float K path
-            Avx2QuantOps::kblock_i8<BITS, GN, HD, NB>(base, coff, n, q, sacc);
-            return;
-        }
-        static_assert(CB < 32 || pairs || CB % 64 == 0, "row bytes: 32 or a multiple of 64");
+        static_assert(pairs || CB % 64 == 0, "row bytes: 32 or a multiple of 64");
         for (int h0 = 0; h0 < GN; h0 += HP) {
             __m512i qi[HP][QV], qr[HP][QV];
             for (int h = 0; h < HP; ++h)
