@@ -7,7 +7,7 @@
 #   options  passed to the launcher's execute command, e.g. --details=summary or
 #            --select-class=org.attn4j.tests.CudaDecodeTest (without a --select-... or --scan-...
 #            option: every test class)
-# Environment: ATTN4J_TEST_DEVICE=cuda:0 runs the device-aware tests (DecodeTest, IsaTest's
+# Environment: ATTN4J_TEST_DEVICE=cuda:0 runs the device-aware tests (DecodeTest, PrefillTest, IsaTest's
 # decode cases) there; JUNIT_REPORTS=dir for the XML reports (default DIR/reports);
 # JAVA_OPTS for extra JVM flags; ATTN4J_LIBRARY_PATH=dir to load another build of the native
 # library than the one inside the attn4j jar. Exit status: the launcher's (0 = all passed or skipped).

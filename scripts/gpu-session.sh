@@ -8,10 +8,12 @@
 #   bench  BF16 decode (bench_cuda_decode) with PyTorch SDPA on the same shapes in the same run
 #          (benchmarks/peers/torch_sdpa_decode.py), then the quantized decode with diagnostics
 #          (bench_cuda_quant_decode --diag 1: default vs per-kv-head kernel per format)
-# Usage: scripts/gpu-session.sh tests|bench OUT_DIR
+#   prefill CUDA prefill (bench_cuda_prefill) with PyTorch SDPA flash / cuDNN on the same shapes in
+#          the same run (benchmarks/peers/torch_sdpa_prefill.py)
+# Usage: scripts/gpu-session.sh tests|bench|prefill OUT_DIR
 set -uo pipefail
-step="${1:?usage: gpu-session.sh tests|bench OUT_DIR}"
-out="${2:?usage: gpu-session.sh tests|bench OUT_DIR}"
+step="${1:?usage: gpu-session.sh tests|bench|prefill OUT_DIR}"
+out="${2:?usage: gpu-session.sh tests|bench|prefill OUT_DIR}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 native="$root/.device/native"
 mkdir -p "$out"
@@ -33,7 +35,7 @@ tests)
     for t in "$native"/bin/test_cuda_*; do
         run "memcheck $(basename "$t")" "$out/sanitizer.log" "$sanitizer" --tool memcheck --error-exitcode 1 "$t"
     done
-    for t in test_cuda_stream test_cuda_merge; do
+    for t in test_cuda_stream test_cuda_merge test_cuda_prefill; do
         [[ -x "$native/bin/$t" ]] && run "racecheck $t" "$out/sanitizer.log" "$sanitizer" --tool racecheck --error-exitcode 1 "$native/bin/$t"
     done
     if [[ -d "$root/.device/junit" ]]; then
@@ -48,6 +50,11 @@ bench)
     run "torch sdpa" "$out/bench.log" python3 "$root/benchmarks/peers/torch_sdpa_decode.py" \
         --attn4j "$out/cuda-decode.json" --out-json "$out/cuda-decode-vs-torch.json" --out-md "$out/cuda-decode-vs-torch.md"
     run "bench_cuda_quant_decode" "$out/bench.log" "$native/bin/bench_cuda_quant_decode" --diag 1 --json "$out/cuda-quant-decode.json"
+    ;;
+prefill)
+    run "bench_cuda_prefill" "$out/bench.log" "$native/bin/bench_cuda_prefill" --json "$out/cuda-prefill.json"
+    run "torch sdpa prefill" "$out/bench.log" python3 "$root/benchmarks/peers/torch_sdpa_prefill.py" \
+        --attn4j "$out/cuda-prefill.json" --out-json "$out/cuda-prefill-vs-torch.json" --out-md "$out/cuda-prefill-vs-torch.md"
     ;;
 *) echo "unknown step $step" >&2; exit 2 ;;
 esac

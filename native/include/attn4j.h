@@ -220,7 +220,13 @@ attn4j_status attn4j_decode_run_segments(attn4j_plan* plan, const attn4j_tensor*
                                          const attn4j_page_table* tables, attn4j_tensor* out,
                                          attn4j_tensor* lse);
 
-/* Prefill: a ragged batch of queries against K/V of the same sequences. */
+/* Prefill: a ragged batch of queries against K/V of the same sequences.
+ * CUDA: a tensor-core kernel for head_dim 64 or 128 with q and K/V both BF16 or both F16 (out
+ * F32, F16 or BF16); q, k, v, out, lse are device memory with 16-byte aligned rows; qo_indptr and
+ * kv_indptr stay host (CPU) arrays, read by the planner. A run stages its tile list through pinned
+ * memory (it waits for the previous run's staging copy) and cannot be captured in a CUDA graph;
+ * values are not scanned for Inf/NaN on CUDA. The paged variant reads the page table back to check
+ * it (synchronizing the context's stream). */
 attn4j_status attn4j_prefill_plan_create(attn4j_context* ctx, const attn4j_attention_desc* desc,
                                          attn4j_plan** out_plan);
 /* q, out: [nnz_q, num_qo_heads, head_dim] with sequence i at rows qo_indptr[i] .. qo_indptr[i+1];

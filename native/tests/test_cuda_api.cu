@@ -3,7 +3,7 @@
 // 128 and 64, BF16 KV, page 16, ragged batches, poisoned outputs and unreferenced pages), then bad
 // inputs that must come back as statuses naming the argument (host q, cache on another device,
 // out-of-range page id, empty sequence, misaligned out / cache, wrong dtype, host memory labelled
-// CUDA), each followed by a correct run; prefill stays UNSUPPORTED on CUDA.
+// CUDA), each followed by a correct run; a prefill plan with F32 q is UNSUPPORTED on CUDA.
 // Without a CUDA device it prints "SKIP: no CUDA device" and exits 0.
 #include <cuda_runtime.h>
 
@@ -414,8 +414,8 @@ int main() {
         attn4j_attention_desc d = P.desc();
         attn4j_plan* plan = nullptr;
         const attn4j_status UNS = ATTN4J_ERR_UNSUPPORTED;
-        expect("prefill plan", attn4j_prefill_plan_create(ctx, &d, &plan), UNS,
-               "prefill plan on CUDA device 0 is not implemented");
+        expect("prefill plan, q F32", attn4j_prefill_plan_create(ctx, &d, &plan), UNS,
+               "CUDA prefill supports head_dim 64 or 128 with q and K/V both BF16 or both F16");
         attn4j_attention_desc d2 = d;
         d2.head_dim = 96;
         expect("decode head_dim 96", attn4j_decode_plan_create(ctx, &d2, &plan), UNS,

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "api/cuda_decode.h"
+#include "api/cuda_prefill.h"
 #include "core/dtype.h"
 #include "core/validate.h"
 #include "cpu/decode.h"
@@ -67,13 +68,14 @@ attn4j_attention_desc check_desc(const attn4j_attention_desc* desc, bool decode,
 attn4j_plan* make_plan(attn4j_context* ctx, const attn4j_attention_desc* desc, bool decode) {
     Context& c = api::context_of(ctx);
     const attn4j_attention_desc d = check_desc(desc, decode, c.device_type);
-    if (!decode) api::require_cpu_context(c, "prefill plan");
     auto plan = std::make_unique<attn4j_plan>();
     plan->kind = decode ? attn4j_plan::Kind::decode : attn4j_plan::Kind::prefill;
     plan->ctx = ctx->state;
     plan->desc = d;
-    if (c.device_type == ATTN4J_DEVICE_CUDA)
+    if (c.device_type == ATTN4J_DEVICE_CUDA && decode)
         plan->cuda_decode = make_cuda_decode_plan(d, c);
+    else if (c.device_type == ATTN4J_DEVICE_CUDA)
+        plan->cuda_prefill = make_cuda_prefill_plan(d, c);
     else if (decode)
         plan->decode = cpu::make_decode_kernel(d, c.num_threads);
     else
@@ -88,7 +90,7 @@ attn4j_plan& plan_of(attn4j_plan* plan, attn4j_plan::Kind kind) {
                     ? "plan: is a prefill plan; decode runs need a plan from attn4j_decode_plan_create"
                     : "plan: is a decode plan; prefill runs need a plan from "
                       "attn4j_prefill_plan_create");
-    if (plan->ctx->device_type != ATTN4J_DEVICE_CPU && !plan->cuda_decode)
+    if (plan->ctx->device_type != ATTN4J_DEVICE_CPU && !plan->cuda_decode && !plan->cuda_prefill)
         fail(ATTN4J_ERR_INTERNAL, "plan: CUDA plan without a CUDA kernel (please report)");
     return *plan;
 }
@@ -353,9 +355,12 @@ attn4j_status attn4j_prefill_run(attn4j_plan* plan, const attn4j_tensor* q,
                                                    "plan num_qo_heads", d.head_dim, d.out_dtype,
                                                    "plan out_dtype", c);
         check_lse(lse, nnz_q, "q's rows =", d.num_qo_heads, c);
-        check_finite(tq, "q", c.num_threads);
-        check_finite(tk, "k", c.num_threads);
-        check_finite(tvv, "v", c.num_threads);
+        const bool on_cuda = c.device_type == ATTN4J_DEVICE_CUDA;
+        if (!on_cuda) {  // CUDA: values are not scanned (they stay on the device); see attn4j.h
+            check_finite(tq, "q", c.num_threads);
+            check_finite(tk, "k", c.num_threads);
+            check_finite(tvv, "v", c.num_threads);
+        }
 
         PrefillArgs a;
         a.shape = shape_of(d);
@@ -368,7 +373,11 @@ attn4j_status attn4j_prefill_run(attn4j_plan* plan, const attn4j_tensor* q,
         a.k = rows_heads_view(tk);
         a.v = rows_heads_view(tvv);
         a.kv_indptr = kvp;
-        if (nnz_q > 0) p.prefill->run(a);
+        if (nnz_q == 0) return;
+        if (on_cuda)
+            cuda_prefill_run(*p.cuda_prefill, a);
+        else
+            p.prefill->run(a);
     });
 }
 
@@ -389,11 +398,19 @@ attn4j_status attn4j_prefill_paged_run(attn4j_plan* plan, const attn4j_tensor* q
         const int32_t* qo = check_qo_indptr(qo_indptr, nnz_q, &batch);
         check_batch(batch, d, "qo_indptr");
         const PagedKvView kv = check_cache_for_plan(cache, d, c);
-        const PageTableView tv = check_page_table(table, kv);
+        const bool on_cuda = c.device_type == ATTN4J_DEVICE_CUDA;
+        PageTableView tv;
+        PageTableDims dims;
+        if (on_cuda) {  // contents are read back and checked by the CUDA plan
+            dims = check_page_table_tensors(table, c.device_type, c.device_id, "plan");
+            tv.batch = int32_t(dims.batch);
+        } else {
+            tv = check_page_table(table, kv);
+        }
         if (tv.batch != batch)
             invalid("table: batch " + std::to_string(tv.batch) + " but qo_indptr gives batch " +
                     std::to_string(batch));
-        if (d.causal)
+        if (d.causal && !on_cuda)
             for (int64_t i = 0; i < batch; ++i) {
                 const int64_t nq = qo[i + 1] - qo[i], nk = tv.seq_len(int32_t(i), kv.page_size);
                 if (nk < nq)
@@ -405,7 +422,7 @@ attn4j_status attn4j_prefill_paged_run(attn4j_plan* plan, const attn4j_tensor* q
                                                    "plan num_qo_heads", d.head_dim, d.out_dtype,
                                                    "plan out_dtype", c);
         check_lse(lse, nnz_q, "q's rows =", d.num_qo_heads, c);
-        check_finite(tq, "q", c.num_threads);
+        if (!on_cuda) check_finite(tq, "q", c.num_threads);
 
         PrefillArgs a;
         a.shape = shape_of(d);
@@ -417,7 +434,11 @@ attn4j_status attn4j_prefill_paged_run(attn4j_plan* plan, const attn4j_tensor* q
         a.paged = true;
         a.kv = kv;
         a.table = tv;
-        if (nnz_q > 0) p.prefill->run(a);
+        if (nnz_q == 0) return;
+        if (on_cuda)
+            cuda_prefill_paged_run(*p.cuda_prefill, a, *table, dims);
+        else
+            p.prefill->run(a);
     });
 }
 

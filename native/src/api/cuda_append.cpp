@@ -33,22 +33,6 @@ void cuda_paged_kv_append(Context&, const PagedKvView&, const attn4j_page_table*
 
 namespace {
 
-using S = std::string;
-
-// Device-to-host copy of n int32 (n may be 0) into a reused pinned buffer, in stream order (the
-// table may have been written by earlier work on the stream); returns when it is done.
-const int32_t* copy_back(PinnedI32& dst, const void* src, int64_t n, const char* name, int device, cudaStream_t stream) {
-    int32_t* h = dst.reserve(std::max<int64_t>(n, 1), name);
-    if (n <= 0) return h;
-    cudaError_t e = cudaMemcpyAsync(h, src, size_t(n) * sizeof(int32_t), cudaMemcpyDeviceToHost, stream);
-    if (e == cudaSuccess) e = cudaStreamSynchronize(stream);
-    if (e != cudaSuccess)
-        cuda_fail(e, S("attn4j_paged_kv_append: copying ") + name + " to the host for validation failed on cuda:" +
-                         std::to_string(device) +
-                         " (an error of earlier asynchronous work on this device is also reported here)");
-    return h;
-}
-
 // Where the first non-finite value of a [rows, heads, dim] device tensor is, as the CPU says it.
 [[noreturn]] void report_nonfinite(const attn4j_tensor& t, const char* name, unsigned long long flat) {
     const int64_t heads = t.shape[1], dim = t.shape[2];
@@ -121,12 +105,12 @@ void cuda_paged_kv_append(Context& c, const PagedKvView& kv, const attn4j_page_t
     if (!c.cuda_append) c.cuda_append.reset(new CudaAppendScratch());
     CudaAppendScratch& sc = *c.cuda_append;
     // Page table and append counts: host copies, then the CPU path's checks.
-    const int32_t* indptr = copy_back(sc.indptr, table->indptr.data, dims.batch + 1, "table.indptr", device, stream);
+    const int32_t* indptr = copy_back("attn4j_paged_kv_append", sc.indptr, table->indptr.data, dims.batch + 1, "table.indptr", device, stream);
     check_page_table_indptr(indptr, dims);
-    const int32_t* last = copy_back(sc.last, table->last_page_len.data, dims.batch, "table.last_page_len", device, stream);
-    const int32_t* indices = copy_back(sc.indices, table->indices.data, indptr[dims.batch], "table.indices", device, stream);
+    const int32_t* last = copy_back("attn4j_paged_kv_append", sc.last, table->last_page_len.data, dims.batch, "table.last_page_len", device, stream);
+    const int32_t* indices = copy_back("attn4j_paged_kv_append", sc.indices, table->indices.data, indptr[dims.batch], "table.indices", device, stream);
     check_page_table_pages(indptr, indices, last, dims.batch, kv, /*allow_empty=*/true);
-    const int32_t* ap = copy_back(sc.append, append_indptr->data, ap_t.shape[0], "append_indptr", device, stream);
+    const int32_t* ap = copy_back("attn4j_paged_kv_append", sc.append, append_indptr->data, ap_t.shape[0], "append_indptr", device, stream);
     PageTableView host_table;
     host_table.batch = int32_t(dims.batch);
     host_table.indptr = indptr;

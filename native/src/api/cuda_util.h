@@ -77,6 +77,21 @@ private:
     int64_t cap_ = 0;
 };
 
+// Copies n int32 of device memory into `dst` (grown as needed) on `stream` and waits for it: the
+// host copy of an index array that a CUDA call validates before it launches anything.
+inline const int32_t* copy_back(const char* function, PinnedI32& dst, const void* src, int64_t n, const char* name,
+                                int device, cudaStream_t stream) {
+    int32_t* h = dst.reserve(std::max<int64_t>(n, 1), name);
+    if (n <= 0) return h;
+    cudaError_t e = cudaMemcpyAsync(h, src, size_t(n) * sizeof(int32_t), cudaMemcpyDeviceToHost, stream);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(stream);
+    if (e != cudaSuccess)
+        cuda_fail(e, std::string(function) + ": copying " + name + " to the host for validation failed on cuda:" +
+                         std::to_string(device) +
+                         " (an error of earlier asynchronous work on this device is also reported here)");
+    return h;
+}
+
 // A buffer handed to a CUDA plan must be device-accessible memory of the plan's GPU.
 inline void check_device_pointer(const void* ptr, const char* name, int device) {
     if (!ptr) return;

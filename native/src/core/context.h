@@ -50,6 +50,11 @@ class CudaDecodePlan;
 struct CudaDecodePlanDeleter {
     void operator()(CudaDecodePlan* p) const noexcept;
 };
+// A prefill plan on a CUDA context (api/cuda_prefill.cpp), opaque for the same reason.
+class CudaPrefillPlan;
+struct CudaPrefillPlanDeleter {
+    void operator()(CudaPrefillPlan* p) const noexcept;
+};
 
 }  // namespace attn4j
 
@@ -65,4 +70,5 @@ struct attn4j_plan {
     std::unique_ptr<attn4j::cpu::DecodeKernel> decode;
     std::unique_ptr<attn4j::cpu::PrefillKernel> prefill;
     std::unique_ptr<attn4j::CudaDecodePlan, attn4j::CudaDecodePlanDeleter> cuda_decode;
+    std::unique_ptr<attn4j::CudaPrefillPlan, attn4j::CudaPrefillPlanDeleter> cuda_prefill;
 };

@@ -171,7 +171,11 @@ public final class Runners {
         }
     }
 
-    public static void prefill(Attn4j lib, PrefillCase c) {
+    /**
+     * On {@code lib}'s device: on CUDA, q, K/V and the outputs go through device copies (the
+     * indptr arrays stay on the host) and a case the CUDA kernel does not cover is skipped.
+     */
+    public static void prefill(Attn4j lib, PrefillCase c) throws Throwable {
         int heads = c.kvHeads * c.group;
         int d = c.headDim;
         int batch = c.nq.length;
@@ -191,17 +195,24 @@ public final class Runners {
             System.arraycopy(gen.keys(0, c.nkv[i]), 0, k, kvIndptr[i] * c.kvHeads * d, c.nkv[i] * c.kvHeads * d);
             System.arraycopy(gen.values(c.nkv[i]), 0, v, kvIndptr[i] * c.kvHeads * d, c.nkv[i] * c.kvHeads * d);
         }
-        try (Arena arena = Arena.ofConfined();
-                PrefillPlan plan = Attention.prefill(lib).qoHeads(heads).kvHeads(c.kvHeads).headDim(d).qDType(c.q)
-                        .kvDType(c.kv).outDType(c.out).causal(c.causal).maxBatch(batch).build()) {
-            Tensor qt = Tensor.ofFloats(arena, c.q, q, rows, heads, d);
-            Tensor kt = Tensor.ofFloats(arena, c.kv, k, kvRows, c.kvHeads, d);
-            Tensor vt = Tensor.ofFloats(arena, c.kv, v, kvRows, c.kvHeads, d);
+        try (Arena arena = Arena.ofConfined(); OnDevice dev = OnDevice.of(lib);
+                PrefillPlan plan = TestDevice.skipIfUnsupportedOnCuda(lib, () -> Attention.prefill(lib).qoHeads(heads)
+                        .kvHeads(c.kvHeads).headDim(d).qDType(c.q).kvDType(c.kv).outDType(c.out).causal(c.causal)
+                        .maxBatch(batch).build())) {
+            Tensor qt = dev.put(Tensor.ofFloats(arena, c.q, q, rows, heads, d));
+            Tensor kt = dev.put(Tensor.ofFloats(arena, c.kv, k, kvRows, c.kvHeads, d));
+            Tensor vt = dev.put(Tensor.ofFloats(arena, c.kv, v, kvRows, c.kvHeads, d));
             Tensor qi = Tensor.ofInts(arena, qoIndptr);
             Tensor ki = Tensor.ofInts(arena, kvIndptr);
             Checks.Output out = Checks.Output.of(arena, c.out, rows, heads, d);
             Checks.Output lse = c.lse ? Checks.Output.of(arena, DType.F32, rows, heads) : null;
-            plan.run(qt, qi, kt, vt, ki, out.tensor, lse == null ? null : lse.tensor);
+            Tensor outD = dev.put(out.tensor);
+            Tensor lseD = lse == null ? null : dev.put(lse.tensor);
+            plan.run(qt, qi, kt, vt, ki, outD, lseD);
+            dev.get(outD, out.tensor);
+            if (lse != null) {
+                dev.get(lseD, lse.tensor);
+            }
             ReferenceAttention.Result r = ReferenceAttention.prefill(KvGen.round(q, c.q), qoIndptr,
                     KvGen.round(k, c.kv), KvGen.round(v, c.kv), kvIndptr, heads, c.kvHeads, d, plan.scale(), c.causal);
             double tol = Checks.tolerance(c.kv, c.q, c.out);
@@ -226,7 +237,7 @@ public final class Runners {
         }
     }
 
-    public static void chunkedPrefill(Attn4j lib, ChunkedCase c) {
+    public static void chunkedPrefill(Attn4j lib, ChunkedCase c) throws Throwable {
         int heads = c.kvHeads * c.group;
         int d = c.headDim;
         int batch = c.lengths.length;
@@ -237,12 +248,12 @@ public final class Runners {
         KvGen gen = new KvGen(c.seed, c.kvHeads, d);
         Random rnd = gen.random();
         double tol = Checks.tolerance(c.kv, c.q, c.out, c.in);
-        try (Arena arena = Arena.ofConfined();
+        try (Arena arena = Arena.ofConfined(); OnDevice dev = OnDevice.of(lib);
                 PagedKvCache cache = PagedKvCache.builder(lib).kvHeads(c.kvHeads).headDim(d).pageSize(c.pageSize)
                         .numPages(pages).dtype(c.kv).build();
-                PrefillPlan plan = Attention.prefill(lib).forCache(cache).qoHeads(heads).qDType(c.q).outDType(c.out)
-                        .causal(true).maxBatch(batch).build()) {
-            KvMirror m = new KvMirror(cache, gen, c.in);
+                PrefillPlan plan = TestDevice.skipIfUnsupportedOnCuda(lib, () -> Attention.prefill(lib).forCache(cache)
+                        .qoHeads(heads).qDType(c.q).outDType(c.out).causal(true).maxBatch(batch).build())) {
+            KvMirror m = new KvMirror(cache, gen, c.in, dev);
             int[] seqs = new int[batch];
             for (int i = 0; i < batch; i++) {
                 seqs[i] = m.newSequence();
@@ -274,11 +285,16 @@ public final class Runners {
                 int rows = qoIndptr[n];
                 float[] q = gen.queries(rows, heads);
                 float[] qr = KvGen.round(q, c.q);
-                Tensor qt = Tensor.ofFloats(arena, c.q, q, rows, heads, d);
+                Tensor qt = dev.put(Tensor.ofFloats(arena, c.q, q, rows, heads, d));
                 Checks.Output out = Checks.Output.of(arena, c.out, rows, heads, d);
                 Checks.Output lse = c.lse ? Checks.Output.of(arena, DType.F32, rows, heads) : null;
-                plan.run(qt, Tensor.ofInts(arena, qoIndptr), cache, 0, table, out.tensor,
-                        lse == null ? null : lse.tensor);
+                Tensor outD = dev.put(out.tensor);
+                Tensor lseD = lse == null ? null : dev.put(lse.tensor);
+                plan.run(qt, Tensor.ofInts(arena, qoIndptr), cache, 0, table, outD, lseD);
+                dev.get(outD, out.tensor);
+                if (lse != null) {
+                    dev.get(lseD, lse.tensor);
+                }
                 double[] refOut = new double[rows * heads * d];
                 double[] refLse = new double[rows * heads];
                 for (int j = 0; j < n; j++) {

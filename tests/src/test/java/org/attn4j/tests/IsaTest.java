@@ -64,12 +64,12 @@ class IsaTest extends LibFixture {
 
     @ParameterizedTest(name = "{0}")
     @MethodSource("prefills")
-    void prefill(PrefillCase c) {
+    void prefill(PrefillCase c) throws Throwable {
         Runners.prefill(lib, c);
     }
 
     @Test
-    void chunkedPaged() {
+    void chunkedPaged() throws Throwable {
         Runners.chunkedPrefill(lib, new ChunkedCase("isa", 16, 2, 4, 64, DType.BF16, DType.F32, DType.F32, DType.F16,
                 new int[] {90, 7}, 32, true, 301));
     }

@@ -13,8 +13,11 @@ import org.attn4j.testing.Runners.PrefillCase;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.MethodSource;
 
-/** Ragged prefill (contiguous K/V and chunked over a paged cache) against the fp64 reference. */
-class PrefillTest extends LibFixture {
+/**
+ * Ragged prefill (contiguous K/V and chunked over a paged cache) against the fp64 reference, on the
+ * device of {@code -Dattn4j.test.device} (cases the CUDA kernel does not cover are skipped there).
+ */
+class PrefillTest extends DeviceFixture {
     private static final DType[] T = {DType.BF16, DType.F16, DType.F32};
 
     /** Per sequence: nq = 1, nq < nkv, nq = nkv (and, non-causal only, nq > nkv). */
@@ -74,9 +77,23 @@ class PrefillTest extends LibFixture {
             cases.add(new PrefillCase("headDim", 2, 2, d, DType.BF16, DType.F32, DType.F32, true,
                     new int[] {33, 5}, new int[] {70, 5}, true, rnd.nextLong()));
         }
+        // q and K/V of one 16-bit dtype (what the CUDA tensor-core kernel takes), every out dtype
+        for (DType in : new DType[] {DType.BF16, DType.F16}) {
+            for (DType out : T) {
+                boolean causal = n % 2 == 0;
+                int[] nq = new int[3];
+                int[] nkv = new int[3];
+                lengths(rnd, causal, 3, nq, nkv);
+                cases.add(new PrefillCase("16-bit", n % 3 == 0 ? 1 : 2, 4, n % 2 == 0 ? 128 : 64, in, in, out, causal,
+                        nq, nkv, n % 2 == 1, rnd.nextLong()));
+                n++;
+            }
+        }
         // one larger problem, flash tiling across many KV tiles
         cases.add(new PrefillCase("large", 2, 4, 128, DType.BF16, DType.BF16, DType.BF16, true,
                 new int[] {256}, new int[] {1024}, true, rnd.nextLong()));
+        cases.add(new PrefillCase("large-f16", 2, 4, 64, DType.F16, DType.F16, DType.F32, false,
+                new int[] {300, 700}, new int[] {513, 700}, true, rnd.nextLong()));
         return cases.stream();
     }
 
@@ -97,6 +114,10 @@ class PrefillTest extends LibFixture {
                 n++;
             }
         }
+        cases.add(new ChunkedCase("chunked-16bit", 1, 2, 4, 64, DType.F16, DType.F16, DType.F32, DType.F32,
+                new int[] {150, 260}, 70, true, rnd.nextLong()));
+        cases.add(new ChunkedCase("chunked-16bit", 64, 1, 8, 128, DType.BF16, DType.BF16, DType.BF16, DType.F32,
+                new int[] {333}, 130, false, rnd.nextLong()));
         cases.add(new ChunkedCase("chunked-f32", 16, 2, 4, 128, DType.F32, DType.F32, DType.F32, DType.F32,
                 new int[] {200, 31}, 48, true, rnd.nextLong()));
         return cases.stream();
@@ -104,19 +125,19 @@ class PrefillTest extends LibFixture {
 
     @ParameterizedTest(name = "{0}")
     @MethodSource("shapes")
-    void shapes(PrefillCase c) {
+    void shapes(PrefillCase c) throws Throwable {
         Runners.prefill(lib, c);
     }
 
     @ParameterizedTest(name = "{0}")
     @MethodSource("dtypes")
-    void dtypes(PrefillCase c) {
+    void dtypes(PrefillCase c) throws Throwable {
         Runners.prefill(lib, c);
     }
 
     @ParameterizedTest(name = "{0}")
     @MethodSource("chunked")
-    void chunkedPaged(ChunkedCase c) {
+    void chunkedPaged(ChunkedCase c) throws Throwable {
         Runners.chunkedPrefill(lib, c);
     }
 }
