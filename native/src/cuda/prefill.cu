@@ -105,13 +105,16 @@ __device__ __forceinline__ void store_pair(void* out, int dt, int64_t i, float a
 
 // K/V pipeline depth: 3 where one CTA holds the SM (its loads must hide behind its own math), 2
 // where two CTAs share it (228 KB of shared memory leaves room for no more).
-__host__ __device__ constexpr int stages(int warps, int mb) { return warps == 8 && mb == 2 ? 3 : 2; }
+__host__ __device__ constexpr int stages(int warps) { return warps == 8 ? 3 : 2; }
 
-// WARPS warps of MB m16 row blocks each: BM = WARPS * 16 * MB query rows per CTA. MB = 2 lets a
-// warp use every K / V fragment it loads from shared memory twice (ldmatrix bandwidth, not the
-// tensor cores, bounds MB = 1 on Hopper).
-template <int D, typename T, bool PAGED, int WARPS, int MB>
-__global__ void __launch_bounds__(WARPS * 32, MB == 1 || WARPS == 4 ? 2 : 1) prefill_kernel(const PrefillParams p) {
+// Two m16 row blocks per warp: every K / V fragment a warp loads from shared memory feeds two
+// MMAs. With one block per warp (the first kernel) ldmatrix bandwidth, not the tensor cores,
+// bounded it at about 295 TFLOP/s on H200.
+constexpr int MB = 2;
+
+// WARPS warps of 32 query rows: BM = 32 * WARPS rows per CTA.
+template <int D, typename T, bool PAGED, int WARPS>
+__global__ void __launch_bounds__(WARPS * 32, WARPS == 4 ? 2 : 1) prefill_kernel(const PrefillParams p) {
     constexpr int THREADS = WARPS * 32;
     constexpr int BM = WARPS * 16 * MB;
     constexpr int CPR = D / 8;              // 16-byte chunks per row
@@ -120,7 +123,7 @@ __global__ void __launch_bounds__(WARPS * 32, MB == 1 || WARPS == 4 ? 2 : 1) pre
     constexpr int Q_PASSES = BM / ROWS_PER_PASS;
     constexpr int DT = D / 8;               // n8 tiles of the output
     constexpr int NT = BN / 8;              // n8 tiles of S
-    constexpr int STAGES = stages(WARPS, MB);
+    constexpr int STAGES = stages(WARPS);
     extern __shared__ __align__(128) unsigned char smem_raw[];
     T* sQ = reinterpret_cast<T*>(smem_raw);
     T* sK = sQ + BM * D;            // [STAGES][BN][D]
@@ -355,24 +358,20 @@ __global__ void __launch_bounds__(WARPS * 32, MB == 1 || WARPS == 4 ? 2 : 1) pre
         }
 }
 
-// CTA shapes (warps x m16 row blocks per warp): the fastest measured on H200 per head_dim
-// (benchmarks/results/h200/cuda-prefill-tiles.txt); ATTN4J_CUDA_PREFILL_TILE=8x1|4x2|8x2 overrides
-// it for A/B runs.
-struct TileShape {
-    int warps, mb;
-};
-TileShape tile_shape(int head_dim) {
+// Warps per CTA (each with two m16 row blocks): the fastest measured on H200 per head_dim
+// (benchmarks/results/h200/cuda-prefill-tiles.txt; 8 warps x 1 block, the first kernel, lost on
+// every shape and is gone); ATTN4J_CUDA_PREFILL_TILE=4x2|8x2 overrides it for A/B runs.
+int tile_warps(int head_dim) {
     static const char* const env = std::getenv("ATTN4J_CUDA_PREFILL_TILE");
-    if (env && !std::strcmp(env, "8x1")) return {8, 1};
-    if (env && !std::strcmp(env, "8x2")) return {8, 2};
-    if (env && !std::strcmp(env, "4x2")) return {4, 2};
-    return head_dim == 64 ? TileShape{4, 2} : TileShape{8, 2};
+    if (env && !std::strcmp(env, "8x2")) return 8;
+    if (env && !std::strcmp(env, "4x2")) return 4;
+    return head_dim == 64 ? 4 : 8;
 }
 
-template <int D, typename T, bool PAGED, int WARPS, int MB>
+template <int D, typename T, bool PAGED, int WARPS>
 cudaError_t launch(const PrefillParams& p, cudaStream_t stream) {
-    constexpr size_t smem = size_t(WARPS * 16 * MB + 2 * stages(WARPS, MB) * BN) * D * sizeof(T);
-    auto kernel = prefill_kernel<D, T, PAGED, WARPS, MB>;
+    constexpr size_t smem = size_t(WARPS * 16 * MB + 2 * stages(WARPS) * BN) * D * sizeof(T);
+    auto kernel = prefill_kernel<D, T, PAGED, WARPS>;
     if (p.num_tiles == 0) return cudaSuccess;
     // Per device and cheap; not cached in a static so that every GPU of a process gets it.
     const cudaError_t attr = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
@@ -383,10 +382,7 @@ cudaError_t launch(const PrefillParams& p, cudaStream_t stream) {
 
 template <int D, typename T, bool PAGED>
 cudaError_t launch_shape(const PrefillParams& p, cudaStream_t stream) {
-    const TileShape t = tile_shape(D);
-    if (t.warps == 8 && t.mb == 1) return launch<D, T, PAGED, 8, 1>(p, stream);
-    if (t.warps == 8) return launch<D, T, PAGED, 8, 2>(p, stream);
-    return launch<D, T, PAGED, 4, 2>(p, stream);
+    return tile_warps(D) == 8 ? launch<D, T, PAGED, 8>(p, stream) : launch<D, T, PAGED, 4>(p, stream);
 }
 
 template <int D, typename T>
@@ -402,10 +398,7 @@ cudaError_t launch_dtype(const PrefillParams& p, attn4j_dtype dtype, bool paged,
 
 }  // namespace
 
-int prefill_tile_rows(int head_dim) {
-    const TileShape t = tile_shape(head_dim);
-    return t.warps * 16 * t.mb;
-}
+int prefill_tile_rows(int head_dim) { return tile_warps(head_dim) * 16 * MB; }
 
 bool prefill_supported(const attn4j_attention_desc& d) {
     const bool dim = d.head_dim == 64 || d.head_dim == 128;
