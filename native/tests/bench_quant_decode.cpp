@@ -5,7 +5,8 @@
 // runs; prints ms per step, KV bytes per step, GB/s, speed-up vs BF16, and the read bandwidth
 // measured in the same run. BENCH_MICRO=<tokens> instead times one chunk kernel cache-resident.
 // Usage: bench_quant_decode [threads=2] [runs=21] [isa=best|avx512|avx2|scalar]
-// Environment: BENCH_LEN, BENCH_BITS (one format), BENCH_HOT=1, BENCH_MICRO, BENCH_REPS.
+// Environment: BENCH_LEN, BENCH_BITS (one format), BENCH_HOT=1, BENCH_MICRO, BENCH_REPS, BENCH_GROUP
+// (query heads per KV head of the micro run; default 4).
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -27,12 +28,14 @@ namespace {
 
 constexpr int GRP = QH / H;
 
-// BENCH_MICRO=<tokens>: one chunk of one KV head (group 4), cache-resident (L2), run back to back;
-// prints best-of-reps ns per token (4 query heads) for INT8 / INT4 / INT2.
+// BENCH_MICRO=<tokens>: one chunk of one KV head (group 4, or BENCH_GROUP), cache-resident (L2 at
+// 1024 tokens), run back to back; prints best-of-reps ns per token (all query heads of the group)
+// for INT8 / INT4 / INT2.
 void bench_micro(int len, Isa isa) {
     const int ps = 16, np = len / ps;
     std::mt19937_64 rng(7);
     const int reps = std::getenv("BENCH_REPS") ? std::atoi(std::getenv("BENCH_REPS")) : 200;
+    const int GRP = std::getenv("BENCH_GROUP") ? std::max(1, std::atoi(std::getenv("BENCH_GROUP"))) : ::GRP;
     for (int bits : {8, 4, 2}) {
         if (const char* e = std::getenv("BENCH_BITS"))
             if (std::atoi(e) != bits) continue;
@@ -78,8 +81,8 @@ void bench_micro(int len, Isa isa) {
         }
         double cs = 0;
         for (float x : out) cs += x;
-        std::printf("  INT%d micro: %d tokens, best of %d: %.2f ns/token (4 q heads)  [checksum %.6f]\n", bits, len, reps,
-                    best * 1e9 / len, cs);
+        std::printf("  INT%d micro: %d tokens, best of %d: %.2f ns/token (%d q heads)  [checksum %.6f]\n", bits, len, reps,
+                    best * 1e9 / len, GRP, cs);
     }
 }
 

@@ -21,6 +21,11 @@ namespace attn4j::cpu {
 namespace {
 
 struct Avx512VnniQuantOps : Avx2QuantOps {
+    // The per-head softmax chain of decode_quant_impl.h, reading this policy's K layout
+    // (sacc[h][g][t][8]) and calling its quantize_weights (quad format); Avx2QuantOps::softmax_tile
+    // reads the AVX2 reduced K layout and writes the AVX2 pair format. (Not measured on AVX-512
+    // hardware yet: the 2026-12-02 session had a Zen 3 VM without AVX-512.)
+    static constexpr bool kTileSoftmax = false;
     static inline __m512i load512(const void* p) { return _mm512_loadu_si512(p); }
     static inline __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
     static inline __m512i join(__m256i lo, __m256i hi) {

@@ -21,7 +21,11 @@
 //               the uncentred codes. Other formats (INT4 G=32, INT2 G<=64): float FMAs on codes
 //               widened 8 at a time. Partial vectors are transposed-reduced per 8 tokens.
 //               score = sum_g sq_g * scale_g * I_g + zero_g * sum(q_g) + scale_g * corr_g.
-//      softmax: online, base 2, per block.
+//      softmax: online, base 2, per block. A policy with kTileSoftmax (AVX2) runs its own
+//               softmax_tile for tiles of 2 / 4 heads instead of the per-head chain below:
+//               maxima, rescale factors and weight units of the tile's heads computed together in
+//               vectors, and (integer K) the K phase's partial sums reduced per token across
+//               lanes for 4 heads at once (one-head tiles: the per-head chain, measured faster).
 //      V phase: INT4/INT2 with n >= 32: integer PV: per block and head, w_t = p_t * scale_t is
 //               quantized to u8 (per half-block max / 255), token pairs interleaved byte-wise
 //               and multiplied by vpmaddubsw (s16 sums per half block), the halves combined by
@@ -344,53 +348,57 @@ struct FastKernel {
         }
     scores:
         // Scores and online softmax.
-        for (int h = 0; h < GN; ++h) {
-            const int gq = g0 + h;
-            // Tokens 0-7 in sc0, 8-15 in sc1.
-            V sc0 = Ops::zero(), sc1 = Ops::zero();
-            for (int g = 0; g < ng; ++g) {
-                const float* sa = s.sacc + (h * ng + g) * kBlock * 8;
-                const V r0 = Ops::reduce_rows(sa), r1 = Ops::reduce_rows(sa + 64);
-                const V sqv = Ops::set1(s.sq[gq * kMaxGroupsPerHead + g]);
-                const V qs = Ops::set1(s.qsum[gq * kMaxGroupsPerHead + g]);
-                const V qc = Ops::set1(s.qcorr[gq * kMaxGroupsPerHead + g]);
-                const V k0 = Ops::load(s.ksc + g * kBlock), k1 = Ops::load(s.ksc + g * kBlock + 8);
-                sc0 = Ops::fma(k0, Ops::fma(r0, sqv, qc), Ops::fma(Ops::load(s.kzr + g * kBlock), qs, sc0));
-                sc1 = Ops::fma(k1, Ops::fma(r1, sqv, qc), Ops::fma(Ops::load(s.kzr + g * kBlock + 8), qs, sc1));
-            }
-            sc0 = Ops::mask_neg_inf(sc0, n);
-            sc1 = Ops::mask_neg_inf(sc1, n - 8);
-            const float mx = Ops::hmax(Ops::max(sc0, sc1));
-            const float m_old = s.m[gq];
-            const float m_new = mx > m_old ? mx : m_old;
-            const float alpha = m_new == m_old ? 1.f : Ops::exp2_scalar(m_old - m_new);
-            const V mv = Ops::set1(m_new);
-            const V p0 = Ops::mask_zero(Ops::exp2(Ops::sub(sc0, mv)), n);
-            const V p1 = Ops::mask_zero(Ops::exp2(Ops::sub(sc1, mv)), n - 8);
-            float* la = s.lacc + gq * 8;  // lanes summed once per chunk: no reduction per block
-            Ops::store(la, Ops::fma(Ops::load(la), Ops::set1(alpha), Ops::add(p0, p1)));
-            s.m[gq] = m_new;
-            // w[g][h][t] = p * scale of V; zero part accumulated per (head, group).
-            const V al = Ops::set1(alpha);
-            for (int g = 0; g < ng; ++g) {
-                Ops::store(s.w + (g * kMaxTile + h) * kBlock, Ops::mul(p0, Ops::load(s.vsc + g * kBlock)));
-                Ops::store(s.w + (g * kMaxTile + h) * kBlock + 8, Ops::mul(p1, Ops::load(s.vsc + g * kBlock + 8)));
-                float* z = s.zacc + (int64_t(gq) * kMaxGroupsPerHead + g) * 8;
-                Ops::store(z, Ops::fma(p0, Ops::load(s.vzr + g * kBlock),
-                                       Ops::fma(p1, Ops::load(s.vzr + g * kBlock + 8), Ops::mul(Ops::load(z), al))));
-            }
-            s.p[h] = alpha;  // alpha of head h for the V phase
-            if constexpr (BITS < 8) {
-                if (int_pv) {
-                    // u8 weights of the block: w ~= wscale * wq, wq in 0..255, per token pair;
-                    // sum_t (w_t - wscale * wq_t) * c_t ~= mid_code * sum_t (w_t - wscale * wq_t)
-                    // goes into the group's constant part.
-                    for (int g = 0; g < ng; ++g) {
-                        Ops::quantize_weights(s.w + (g * kMaxTile + h) * kBlock,
-                                              s.wpair + (h * kMaxGroupsPerHead + g) * (kBlock / 2),
-                                              s.wscale + h * kMaxGroupsPerHead + g, s.wratio + h * kMaxGroupsPerHead + g,
-                                              s.zacc + (int64_t(gq) * kMaxGroupsPerHead + g) * 8,
-                                              0.5f * float((1 << BITS) - 1));
+        if constexpr (Ops::kTileSoftmax && GN > 1) {  // the policy's chain, all heads of the tile at once
+            Ops::template softmax_tile<BITS, GN>(s, g0, ng, n, int_k, int_pv);
+        } else {
+            for (int h = 0; h < GN; ++h) {
+                const int gq = g0 + h;
+                // Tokens 0-7 in sc0, 8-15 in sc1.
+                V sc0 = Ops::zero(), sc1 = Ops::zero();
+                for (int g = 0; g < ng; ++g) {
+                    const float* sa = s.sacc + (h * ng + g) * kBlock * 8;
+                    const V r0 = Ops::reduce_rows(sa), r1 = Ops::reduce_rows(sa + 64);
+                    const V sqv = Ops::set1(s.sq[gq * kMaxGroupsPerHead + g]);
+                    const V qs = Ops::set1(s.qsum[gq * kMaxGroupsPerHead + g]);
+                    const V qc = Ops::set1(s.qcorr[gq * kMaxGroupsPerHead + g]);
+                    const V k0 = Ops::load(s.ksc + g * kBlock), k1 = Ops::load(s.ksc + g * kBlock + 8);
+                    sc0 = Ops::fma(k0, Ops::fma(r0, sqv, qc), Ops::fma(Ops::load(s.kzr + g * kBlock), qs, sc0));
+                    sc1 = Ops::fma(k1, Ops::fma(r1, sqv, qc), Ops::fma(Ops::load(s.kzr + g * kBlock + 8), qs, sc1));
+                }
+                sc0 = Ops::mask_neg_inf(sc0, n);
+                sc1 = Ops::mask_neg_inf(sc1, n - 8);
+                const float mx = Ops::hmax(Ops::max(sc0, sc1));
+                const float m_old = s.m[gq];
+                const float m_new = mx > m_old ? mx : m_old;
+                const float alpha = m_new == m_old ? 1.f : Ops::exp2_scalar(m_old - m_new);
+                const V mv = Ops::set1(m_new);
+                const V p0 = Ops::mask_zero(Ops::exp2(Ops::sub(sc0, mv)), n);
+                const V p1 = Ops::mask_zero(Ops::exp2(Ops::sub(sc1, mv)), n - 8);
+                float* la = s.lacc + gq * 8;  // lanes summed once per chunk: no reduction per block
+                Ops::store(la, Ops::fma(Ops::load(la), Ops::set1(alpha), Ops::add(p0, p1)));
+                s.m[gq] = m_new;
+                // w[g][h][t] = p * scale of V; zero part accumulated per (head, group).
+                const V al = Ops::set1(alpha);
+                for (int g = 0; g < ng; ++g) {
+                    Ops::store(s.w + (g * kMaxTile + h) * kBlock, Ops::mul(p0, Ops::load(s.vsc + g * kBlock)));
+                    Ops::store(s.w + (g * kMaxTile + h) * kBlock + 8, Ops::mul(p1, Ops::load(s.vsc + g * kBlock + 8)));
+                    float* z = s.zacc + (int64_t(gq) * kMaxGroupsPerHead + g) * 8;
+                    Ops::store(z, Ops::fma(p0, Ops::load(s.vzr + g * kBlock),
+                                           Ops::fma(p1, Ops::load(s.vzr + g * kBlock + 8), Ops::mul(Ops::load(z), al))));
+                }
+                s.p[h] = alpha;  // alpha of head h for the V phase
+                if constexpr (BITS < 8) {
+                    if (int_pv) {
+                        // u8 weights of the block: w ~= wscale * wq, wq in 0..255, per token pair;
+                        // sum_t (w_t - wscale * wq_t) * c_t ~= mid_code * sum_t (w_t - wscale * wq_t)
+                        // goes into the group's constant part.
+                        for (int g = 0; g < ng; ++g) {
+                            Ops::quantize_weights(s.w + (g * kMaxTile + h) * kBlock,
+                                                  s.wpair + (h * kMaxGroupsPerHead + g) * (kBlock / 2),
+                                                  s.wscale + h * kMaxGroupsPerHead + g, s.wratio + h * kMaxGroupsPerHead + g,
+                                                  s.zacc + (int64_t(gq) * kMaxGroupsPerHead + g) * 8,
+                                                  0.5f * float((1 << BITS) - 1));
+                        }
                     }
                 }
             }
