@@ -46,10 +46,28 @@ import picocli.CommandLine.Option;
                 + "(512 new tokens over 4k/16k) on the CPU; shapes 32 q / 8 kv heads, head_dim 128, batch 1.",
                 "Decode is judged against the STREAM-like read bandwidth measured in the same run; prefill in "
                 + "GFLOP/s = 4 * q_heads * head_dim * (sum over queries of visible keys) / time.",
+                "--device cuda:N: BF16 paged decode (1x4k, 1x32k, 1x128k, 64x4k) and causal prefill (16k, 32k) on that "
+                + "GPU, with PyTorch SDPA (cuDNN, flash) timed on the same shapes in the same run (--peer).",
                 "Table on stdout, progress on stderr, JSON results and a PNG chart in --out."})
 final class BenchCommand implements Callable<Integer> {
-    @Option(names = "--device", paramLabel = "DEVICE", description = "cpu (default); cuda:N once the CUDA backend lands.")
+    @Option(names = "--device", paramLabel = "DEVICE",
+            description = "cpu (default), or cuda:N (cuda = cuda:0): the GPU workloads on CUDA device N, timed from Java "
+                    + "(median of wall-clock batches ending in one stream synchronize; decode also as a CUDA graph), "
+                    + "with the PyTorch SDPA peer.")
     String device = "cpu";
+
+    @Option(names = "--peer", paramLabel = "auto|torch|none",
+            description = "CUDA only: time PyTorch SDPA (cuDNN and flash backends) on the same shapes through "
+                    + "benchmarks/peers/torch_sdpa_{decode,prefill}.py (default auto: when the scripts exist and "
+                    + "'python -c \"import torch\"' works).")
+    String peer = "auto";
+
+    @Option(names = "--peer-scripts", paramLabel = "DIR",
+            description = "CUDA only: folder of the PyTorch peer scripts (default: benchmarks/peers in the working directory).")
+    Path peerScripts;
+
+    @Option(names = "--python", paramLabel = "PYTHON", description = "CUDA only: the python running the peer (default: python3).")
+    String python = "python3";
 
     @Option(names = "--threads", description = "CPU threads (default: all available cores).")
     int threads = 0;
@@ -62,10 +80,14 @@ final class BenchCommand implements Callable<Integer> {
                     + "else ./attn4j-results/<date>/).")
     Path out;
 
-    @Option(names = "--json", negatable = true, description = "Write the JSON results file (default: true).")
+    // defaultValue: without it picocli ignored --no-json (the field's initializer is not a negatable default)
+    @Option(names = "--json", negatable = true, defaultValue = "true", fallbackValue = "true",
+            description = "Write the JSON results file (default: true).")
     boolean json = true;
 
-    @Option(names = "--png", negatable = true, description = "Write the PNG chart (default: true).")
+    // defaultValue: without it picocli ignored --no-png (the field's initializer is not a negatable default)
+    @Option(names = "--png", negatable = true, defaultValue = "true", fallbackValue = "true",
+            description = "Write the PNG chart (default: true).")
     boolean png = true;
 
     @Option(names = "--llamacpp", paramLabel = "FILE",
@@ -76,7 +98,8 @@ final class BenchCommand implements Callable<Integer> {
     Pattern only;
 
     @Option(names = "--min-time", paramLabel = "SECONDS",
-            description = "Least time measured per workload (default: 3, or 0.5 with --quick).")
+            description = "Least time measured per workload (default: 3, or 0.5 with --quick; on CUDA per timing mode: "
+                    + "1, or 0.25 with --quick).")
     Double minTime;
 
     @Option(names = "--bw-bytes", paramLabel = "BYTES", description = "Read-bandwidth buffer (default: 1 GiB).")
@@ -112,6 +135,9 @@ final class BenchCommand implements Callable<Integer> {
 
     @Override
     public Integer call() throws IOException {
+        if (CudaBench.cudaOrdinal(device) >= 0) {
+            return new CudaBench(this).run();
+        }
         Path home = Path.of(System.getProperty("attn4j.home", "."));
         Path peerFile = llamacpp != null ? llamacpp : home.resolve("benchmarks/results/llamacpp-cpu.json");
         LlamaCppBaseline peer = null;

@@ -57,6 +57,49 @@ final class Charts {
         BitmapEncoder.saveBitmap(charts, 1, charts.size(), stem, BitmapEncoder.BitmapFormat.PNG);
     }
 
+    /**
+     * The CUDA bench chart: decode TB/s (attn4j as a CUDA graph and enqueued back to back, PyTorch
+     * cuDNN and flash as CUDA graphs when the peer ran, the D2D copy) and prefill TFLOP/s.
+     */
+    static void writeCuda(Path file, List<Map<String, Object>> rows, double copyTbs, String gpu) throws IOException {
+        List<CategoryChart> charts = new ArrayList<>();
+        List<Map<String, Object>> decode = rows.stream().filter(r -> "decode".equals(r.get("kind"))).toList();
+        List<Map<String, Object>> prefill = rows.stream().filter(r -> "prefill".equals(r.get("kind"))).toList();
+        boolean peer = rows.stream().anyMatch(r -> r.containsKey("torch_cudnn") || r.containsKey("torch_flash"));
+        if (!decode.isEmpty()) {
+            CategoryChart c = chart("Paged decode BF16, 32/8 heads, d=128, " + gpu, "K+V TB/s");
+            List<String> names = names(decode);
+            c.addSeries("attn4j (CUDA graph)", names, values(decode, "tb_s_graph", null)).setFillColor(OURS);
+            c.addSeries("attn4j (runs back to back)", names, values(decode, "tb_s_stream", null))
+                    .setFillColor(OURS.brighter());
+            if (peer) {
+                c.addSeries("PyTorch cuDNN (graph)", names, values(decode, "torch_cudnn", "graph_tb_s")).setFillColor(PEER);
+                c.addSeries("PyTorch flash (graph)", names, values(decode, "torch_flash", "graph_tb_s"))
+                        .setFillColor(PEER_F16);
+            }
+            c.addSeries("D2D copy (same run)", names, decode.stream().map(r -> (Number) copyTbs).toList())
+                    .setFillColor(ROOF);
+            c.getStyler().setDecimalPattern("#0.00");
+            charts.add(c);
+        }
+        if (!prefill.isEmpty()) {
+            CategoryChart c = chart("Causal prefill BF16, 32/8 heads, d=128, " + gpu, "TFLOP/s");
+            List<String> names = names(prefill);
+            c.addSeries("attn4j", names, values(prefill, "tflops", null)).setFillColor(OURS);
+            if (peer) {
+                c.addSeries("PyTorch flash", names, values(prefill, "torch_flash", "tflops")).setFillColor(PEER_F16);
+                c.addSeries("PyTorch cuDNN", names, values(prefill, "torch_cudnn", "tflops")).setFillColor(PEER);
+            }
+            charts.add(c);
+        }
+        if (charts.isEmpty()) {
+            return;
+        }
+        String name = file.toString();
+        String stem = name.endsWith(".png") ? name.substring(0, name.length() - 4) : name;
+        BitmapEncoder.saveBitmap(charts, 1, charts.size(), stem, BitmapEncoder.BitmapFormat.PNG);
+    }
+
     private static CategoryChart chart(String title, String yTitle) {
         CategoryChart c = new CategoryChartBuilder().width(820).height(560).title(title).yAxisTitle(yTitle).build();
         var s = c.getStyler();

@@ -71,14 +71,14 @@ final class Util {
         return s;
     }
 
-    /** Parses "cpu" / "cuda:N"; only the CPU runs these workloads in this version. */
+    /** Parses "cpu" / "cuda:N"; only the CPU runs these workloads (bench --device cuda:N goes to CudaBench). */
     static org.attn4j.Device device(String name) {
         String n = name.strip().toLowerCase(java.util.Locale.ROOT);
         if (n.equals("cpu")) {
             return org.attn4j.Device.cpu();
         }
         if (n.startsWith("cuda")) {
-            throw new IllegalArgumentException("--device " + name + ": the CUDA backend has no kernels yet in this version; use --device cpu");
+            throw new IllegalArgumentException("--device " + name + ": this command runs on the CPU only; use --device cpu (GPU: attn4j bench --device cuda:N)");
         }
         throw new IllegalArgumentException("--device " + name + ": expected cpu or cuda:N");
     }
