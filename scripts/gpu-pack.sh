@@ -6,9 +6,12 @@
 #   lib/          the attn4j jar (bindings compiled in, the native library and its dependencies
 #                 under META-INF/native/), the JUnit console launcher, the test classes as a jar
 #   gpu-junit.sh  the runner
-#   cli/attn4j-cli.jar  the attn4j command (when cli/target/attn4j-cli.jar is built), for
-#                 `attn4j bench --device cuda:0` there:
-#                 d=$(mktemp -d) && tar xzf DIR/jre.tar.gz -C "$d" && "$d/jre/bin/java" -jar DIR/cli/attn4j-cli.jar bench --device cuda:0
+# and, when cli/target/attn4j-cli.jar is built, a second folder OUT_DIR-cli (default .device/junit-cli)
+# with the attn4j command for `attn4j bench --device cuda:0` there (a device call carries at most
+# 64 MiB, so the two packs travel in separate calls):
+#   jre.tar.gz    the same runtime plus java.sql (Jackson), without java.desktop: run with --no-png
+#   attn4j-cli.jar
+#   there: d=$(mktemp -d) && tar xzf DIR-cli/jre.tar.gz -C "$d" && "$d/jre/bin/java" -jar DIR-cli/attn4j-cli.jar bench --device cuda:0 --no-png
 # The native library travels only inside the attn4j jar (it is most of the pack's size); to test
 # another build of it, set ATTN4J_LIBRARY_PATH for gpu-junit.sh.
 # Build first: mvn -B -q install -DskipTests && mvn -B -q test-compile -pl tests
@@ -43,25 +46,25 @@ fi
 rm -rf "$OUT"
 mkdir -p "$OUT/lib"
 # jdk.management: the allocation test reads per-thread allocated bytes (com.sun.management);
-# java.xml: the launcher writes XML reports; jdk.zipfs: it scans the tests jar for classes;
-# java.desktop, java.sql: the CLI (XChart draws its PNG through AWT; Jackson links java.sql).
-"$PORTABLE_JRE" "$OUT/jre.tar.gz" jdk.management,java.xml,jdk.zipfs,java.desktop,java.sql
+# java.xml: the launcher writes XML reports; jdk.zipfs: it scans the tests jar for classes.
+"$PORTABLE_JRE" "$OUT/jre.tar.gz" jdk.management,java.xml,jdk.zipfs
 # junit-jupiter, the tests' only other dependency, is inside the console launcher.
 cp "$api_jar" "$console_jar" "$OUT/lib/"
 jar --create --file "$OUT/lib/attn4j-tests.jar" -C "$test_classes" .
 cp "$ROOT/scripts/gpu-junit.sh" "$OUT/"
-# The CLI (one shaded jar with its own copy of the attn4j jar) in its own folder, off the tests' class path.
-cli_jar="$ROOT/cli/target/attn4j-cli.jar"
-if [[ -f "$cli_jar" ]]; then
-    mkdir -p "$OUT/cli"
-    cp "$cli_jar" "$OUT/cli/"
-else
-    echo "note: $cli_jar is not built (mvn -B -q install -DskipTests); the pack has no CLI" >&2
-fi
 du -sh "$OUT"/* | sed 's/^/  /'
 echo "packed $OUT; run there: gpu-junit.sh [DIR] [console launcher options, e.g. --select-class=...]"
-if [[ -f "$OUT/cli/attn4j-cli.jar" ]]; then
-    rel="${OUT#"$ROOT"/}"
+# The CLI (one shaded jar with its own copy of the attn4j jar and native library) in its own pack.
+cli_jar="$ROOT/cli/target/attn4j-cli.jar"
+if [[ -f "$cli_jar" ]]; then
+    rm -rf "$OUT-cli"
+    mkdir -p "$OUT-cli"
+    "$PORTABLE_JRE" "$OUT-cli/jre.tar.gz" java.sql
+    cp "$cli_jar" "$OUT-cli/"
+    du -sh "$OUT-cli"/* | sed 's/^/  /'
+    rel="${OUT#"$ROOT"/}-cli"
     echo "CLI there, from the repository root (it finds benchmarks/peers/ there): d=\$(mktemp -d) &&" \
-        "tar xzf $rel/jre.tar.gz -C \$d && \$d/jre/bin/java -jar $rel/cli/attn4j-cli.jar bench --device cuda:0 --out DIR"
+        "tar xzf $rel/jre.tar.gz -C \$d && \$d/jre/bin/java -jar $rel/attn4j-cli.jar bench --device cuda:0 --no-png --out DIR"
+else
+    echo "note: $cli_jar is not built (mvn -B -q install -DskipTests); no CLI pack" >&2
 fi
