@@ -119,6 +119,7 @@ public:
         p.group = desc_.num_qo_heads / desc_.num_kv_heads;
         p.scale_log2 = desc_.sm_scale * 1.4426950408889634f;
         p.causal = desc_.causal;
+        p.warps = warps_;
         e = cuda::launch_prefill(p, desc_.head_dim, desc_.q_dtype, a.paged, stream);
         if (e != cudaSuccess)
             cuda_fail(e, S(function) + ": CUDA prefill launch on cuda:" + std::to_string(device_) + " failed");
@@ -187,7 +188,9 @@ private:
 
     // Query tiles of every sequence, most KV work first (longest-processing-time order).
     void plan_tiles(const PrefillArgs& a, const std::vector<int32_t>& kv_len) {
-        const int BM = cuda::prefill_tile_rows(desc_.head_dim);
+        const int64_t mean_q = (int64_t(a.qo_indptr[a.batch]) + a.batch - 1) / std::max(a.batch, 1);
+        warps_ = cuda::prefill_warps(desc_.head_dim, desc_.causal != 0, a.paged, mean_q);
+        const int BM = warps_ * cuda::kPrefillRowsPerWarp;
         tiles_.clear();
         cost_.clear();
         for (int32_t b = 0; b < a.batch; ++b) {
@@ -249,6 +252,7 @@ private:
     std::vector<cuda::PrefillTile> tiles_, sorted_;
     std::vector<int64_t> cost_;
     std::vector<int32_t> order_;
+    int warps_ = 8;  // CTA shape of the current run (prefill_warps)
 };
 
 void CudaPrefillPlanDeleter::operator()(CudaPrefillPlan* p) const noexcept {

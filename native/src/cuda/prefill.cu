@@ -111,6 +111,7 @@ __host__ __device__ constexpr int stages(int warps) { return warps == 8 ? 3 : 2;
 // MMAs. With one block per warp (the first kernel) ldmatrix bandwidth, not the tensor cores,
 // bounded it at about 295 TFLOP/s on H200.
 constexpr int MB = 2;
+static_assert(16 * MB == kPrefillRowsPerWarp, "rows per warp");
 
 // WARPS warps of 32 query rows: BM = 32 * WARPS rows per CTA.
 template <int D, typename T, bool PAGED, int WARPS>
@@ -358,16 +359,6 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS == 4 ? 2 : 1) prefill_kernel
         }
 }
 
-// Warps per CTA (each with two m16 row blocks): the fastest measured on H200 per head_dim
-// (benchmarks/results/h200/cuda-prefill-tiles.txt; 8 warps x 1 block, the first kernel, lost on
-// every shape and is gone); ATTN4J_CUDA_PREFILL_TILE=4x2|8x2 overrides it for A/B runs.
-int tile_warps(int head_dim) {
-    static const char* const env = std::getenv("ATTN4J_CUDA_PREFILL_TILE");
-    if (env && !std::strcmp(env, "8x2")) return 8;
-    if (env && !std::strcmp(env, "4x2")) return 4;
-    return head_dim == 64 ? 4 : 8;
-}
-
 template <int D, typename T, bool PAGED, int WARPS>
 cudaError_t launch(const PrefillParams& p, cudaStream_t stream) {
     constexpr size_t smem = size_t(WARPS * 16 * MB + 2 * stages(WARPS) * BN) * D * sizeof(T);
@@ -382,7 +373,7 @@ cudaError_t launch(const PrefillParams& p, cudaStream_t stream) {
 
 template <int D, typename T, bool PAGED>
 cudaError_t launch_shape(const PrefillParams& p, cudaStream_t stream) {
-    return tile_warps(D) == 8 ? launch<D, T, PAGED, 8>(p, stream) : launch<D, T, PAGED, 4>(p, stream);
+    return p.warps == 8 ? launch<D, T, PAGED, 8>(p, stream) : launch<D, T, PAGED, 4>(p, stream);
 }
 
 template <int D, typename T>
@@ -398,7 +389,14 @@ cudaError_t launch_dtype(const PrefillParams& p, attn4j_dtype dtype, bool paged,
 
 }  // namespace
 
-int prefill_tile_rows(int head_dim) { return tile_warps(head_dim) * 16 * MB; }
+// The choice follows the H200 A/B of both shapes (benchmarks/results/h200/cuda-prefill-tiles.txt).
+int prefill_warps(int head_dim, bool causal, bool paged, int64_t mean_q_len) {
+    static const char* const env = std::getenv("ATTN4J_CUDA_PREFILL_TILE");
+    if (env && !std::strcmp(env, "8x2")) return 8;
+    if (env && !std::strcmp(env, "4x2")) return 4;
+    if (head_dim == 64) return 4;
+    return causal && !paged && mean_q_len < 4096 ? 4 : 8;
+}
 
 bool prefill_supported(const attn4j_attention_desc& d) {
     const bool dim = d.head_dim == 64 || d.head_dim == 128;

@@ -2,7 +2,7 @@
 // F32 accumulation and online softmax in registers) over a ragged batch, causal (bottom-right
 // aligned) or not, reading K/V from contiguous ragged rows or from the HND pages of a paged cache.
 //
-// The host (api/cuda_prefill.cpp) cuts every sequence into query tiles of prefill_tile_rows() rows,
+// The host (api/cuda_prefill.cpp) cuts every sequence into query tiles (prefill_warps() * 32 rows),
 // orders them by decreasing KV work (causal tiles near the end of a long sequence first, so the
 // tail of the grid is short tiles), and hands the list to the kernel in device memory together
 // with device copies of the CSR offsets. One CTA computes one (tile, query head); consecutive
@@ -23,10 +23,15 @@ namespace attn4j::cuda {
 
 constexpr int kPrefillTileKeys = 64;  // keys per K/V tile in shared memory
 
-// Query rows per CTA: the tile size the host cuts sequences into for this head_dim.
-int prefill_tile_rows(int head_dim);
+constexpr int kPrefillRowsPerWarp = 32;  // two m16 row blocks
 
-// Query rows q_start .. q_start + prefill_tile_rows() of sequence `seq` (clipped to its length).
+// Warps per CTA (4 or 8) for a run; the host cuts sequences into tiles of
+// warps * kPrefillRowsPerWarp query rows. 8 by default; 4 for head_dim 64 and for causal
+// contiguous batches of short sequences (mean n_q below 4096), where 128-row tiles waste less on
+// the diagonal and balance better. ATTN4J_CUDA_PREFILL_TILE=4x2|8x2 forces one (A/B runs).
+int prefill_warps(int head_dim, bool causal, bool paged, int64_t mean_q_len);
+
+// Query rows q_start .. q_start + warps * kPrefillRowsPerWarp of sequence `seq` (clipped to its length).
 struct PrefillTile {
     int32_t seq;
     int32_t q_start;
@@ -59,6 +64,7 @@ struct PrefillParams {
     float scale_log2;  // sm_scale * log2(e)
     int causal;
     int out_dtype;
+    int warps;  // CTA shape from prefill_warps(), the one the tiles were cut for
 };
 
 // True when the kernel implements this desc; otherwise the caller answers UNSUPPORTED.
