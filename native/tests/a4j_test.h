@@ -52,6 +52,14 @@ inline attn4j_tensor tensor(void* data, attn4j_dtype dtype, std::vector<int64_t>
     return t;
 }
 
+// The same over device memory of cuda:0 (CUDA tests).
+inline attn4j_tensor dev_tensor(void* data, attn4j_dtype dtype, std::vector<int64_t> shape) {
+    attn4j_tensor t = tensor(data, dtype, std::move(shape));
+    t.device_type = ATTN4J_DEVICE_CUDA;
+    t.device_id = 0;
+    return t;
+}
+
 // A C ABI call's status is `want`, and on failure attn4j_last_error() contains `needle` (e.g. the
 // argument's name); prints the message.
 inline void expect_status(const char* what, attn4j_status got, attn4j_status want, const char* needle) {

@@ -29,12 +29,7 @@ struct Config {
     std::vector<int> lens;  // sequences, n_q = n_kv each
 };
 
-attn4j_tensor dev_tensor(void* data, attn4j_dtype dt, std::vector<int64_t> shape) {
-    attn4j_tensor t = a4j_test::tensor(data, dt, std::move(shape));
-    t.device_type = ATTN4J_DEVICE_CUDA;
-    t.device_id = 0;
-    return t;
-}
+using a4j_test::dev_tensor;
 
 }  // namespace
 

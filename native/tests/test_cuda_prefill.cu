@@ -28,12 +28,7 @@ namespace {
 
 using namespace attn4j;
 
-attn4j_tensor dev_tensor(void* data, attn4j_dtype dt, std::vector<int64_t> shape) {
-    attn4j_tensor t = a4j_test::tensor(data, dt, std::move(shape));
-    t.device_type = ATTN4J_DEVICE_CUDA;
-    t.device_id = 0;
-    return t;
-}
+using a4j_test::dev_tensor;
 
 uint16_t to16(attn4j_dtype dt, float x) { return dt == ATTN4J_DTYPE_F16 ? f32_to_f16(x) : f32_to_bf16(x); }
 float from16(attn4j_dtype dt, uint16_t x) { return dt == ATTN4J_DTYPE_F16 ? f16_to_f32(x) : bf16_to_f32(x); }

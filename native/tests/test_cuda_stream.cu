@@ -27,11 +27,7 @@ using a4j_test::expect_status;
 
 constexpr attn4j_status OK = ATTN4J_OK, INV = ATTN4J_ERR_INVALID_ARGUMENT;
 
-attn4j_tensor dev_tensor(void* data, attn4j_dtype dt, std::vector<int64_t> shape) {
-    attn4j_tensor t = a4j_test::tensor(data, dt, std::move(shape));
-    t.device_type = ATTN4J_DEVICE_CUDA;
-    return t;
-}
+using a4j_test::dev_tensor;
 
 // Device memory from attn4j_memory_alloc, filled from / read into host vectors with attn4j_memcpy
 // (synchronous, on the context's current stream).

@@ -453,7 +453,7 @@ final class BenchCommand implements Callable<Integer> {
             Tensor qo = Tensor.ofInts(arena, 0, nQ);
             Tensor kvi = Tensor.ofInts(arena, 0, nKv);
             t = measure(() -> plan.run(q, qo, k, v, kvi, o, null), 1, quick ? 3 : 5, least);
-            checkErr = checkPrefill(q, k, v, o, nQ, nKv, rnd);
+            checkErr = checkPrefill(q, k, v, o, nQ, nKv, 16, rnd, 1.0 / Math.sqrt(HEAD_DIM));
         }
         long pairs = visiblePairs(nQ, nKv);
         double flops = 4.0 * Q_HEADS * HEAD_DIM * pairs;
@@ -468,17 +468,21 @@ final class BenchCommand implements Callable<Integer> {
         return r;
     }
 
-    /** Relative error over 16 sampled query rows (first, last and random) against float64 attention. */
-    private static double checkPrefill(Tensor q, Tensor k, Tensor v, Tensor out, int nQ, int nKv, Random rnd) {
+    /**
+     * Relative error over {@code samples} query rows (first, last, random) of a causal
+     * (bottom-right) prefill against float64 attention; NaN when an output is not finite.
+     */
+    static double checkPrefill(Tensor q, Tensor k, Tensor v, Tensor out, int nQ, int nKv, int samples, Random rnd,
+            double scale) {
         double[] kd = Util.rows(k, 0, nKv);
         double[] vd = Util.rows(v, 0, nKv);
         double num = 0;
         double den = 0;
-        for (int n = 0; n < 16; n++) {
+        for (int n = 0; n < samples; n++) {
             int i = n == 0 ? 0 : n == 1 ? nQ - 1 : rnd.nextInt(nQ);
-            int visible = i + nKv - nQ + 1; // causal, bottom-right
+            int visible = i + nKv - nQ + 1;
             Reference.Result r = Reference.attention(Util.rows(q, i, i + 1), 1, kd, vd, visible, Q_HEADS, KV_HEADS,
-                    HEAD_DIM, 1.0 / Math.sqrt(HEAD_DIM), false);
+                    HEAD_DIM, scale, false);
             long base = (long) i * Q_HEADS * HEAD_DIM;
             for (int x = 0; x < r.out().length; x++) {
                 double g = out.getFlat(base + x);

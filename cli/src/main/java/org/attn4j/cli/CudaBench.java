@@ -571,7 +571,7 @@ final class CudaBench {
             plan.run(q, indptr, ks[0], vs[0], indptr, out, null);
             Tensor outHost = Tensor.allocate(host, DType.BF16, n, Q_HEADS, HEAD_DIM);
             lib.copy(out, outHost);
-            checkErr = checkPrefill(qh, kh, vh, outHost, n, rnd, plan.scale());
+            checkErr = BenchCommand.checkPrefill(qh, kh, vh, outHost, n, n, 6, rnd, plan.scale());
         }
         Map<String, Object> row = base(w);
         row.put("batch", 1);
@@ -586,29 +586,6 @@ final class CudaBench {
         row.put("check_rel_err", checkErr);
         row.put("check_tolerance", TOLERANCE);
         return row;
-    }
-
-    /** Relative error over 6 sampled query rows (first, last, random) against float64 causal attention. */
-    private static double checkPrefill(Tensor q, Tensor k, Tensor v, Tensor out, int n, Random rnd, double scale) {
-        double[] kd = Util.rows(k, 0, n);
-        double[] vd = Util.rows(v, 0, n);
-        double num = 0;
-        double den = 0;
-        for (int s = 0; s < 6; s++) {
-            int i = s == 0 ? 0 : s == 1 ? n - 1 : rnd.nextInt(n);
-            Reference.Result r = Reference.attention(Util.rows(q, i, i + 1), 1, kd, vd, i + 1, Q_HEADS, KV_HEADS,
-                    HEAD_DIM, scale, false);
-            long base = (long) i * Q_HEADS * HEAD_DIM;
-            for (int x = 0; x < r.out().length; x++) {
-                double g = out.getFlat(base + x);
-                if (!Double.isFinite(g)) {
-                    return Double.NaN;
-                }
-                num += (g - r.out()[x]) * (g - r.out()[x]);
-                den += r.out()[x] * r.out()[x];
-            }
-        }
-        return Math.sqrt(num / den);
     }
 
     // ---- data ----
