@@ -135,7 +135,8 @@ def main():
               f"shuffled pages); PyTorch {torch.__version__}: dense contiguous K/V, enable_gqa. "
               f"Effective TB/s = K+V bytes / median time. D2D copy: {ours['copy_tb_s']:.2f} TB/s.", "",
               "Per-call: CUDA events around each call (includes host launch gaps for short calls). "
-              "Graph: CUDA graph of 20 calls, time per call.", "",
+              "Graph: CUDA graph of 20 calls, time per call." +
+              (f" attn4j columns: {ours['source']} (compare graph with graph)." if "source" in ours else ""), "",
               "| batch x tokens | attn4j us | attn4j TB/s | cuDNN us | cuDNN TB/s | flash us | flash TB/s | cuDNN / attn4j time |"
               " attn4j graph us (TB/s) | cuDNN graph us (TB/s) | flash graph us (TB/s) |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
