@@ -395,7 +395,7 @@ int prefill_warps(int head_dim, bool causal, bool paged, int64_t mean_q_len) {
     if (env && !std::strcmp(env, "8x2")) return 8;
     if (env && !std::strcmp(env, "4x2")) return 4;
     if (head_dim == 64) return 4;
-    return causal && !paged && mean_q_len < 4096 ? 4 : 8;
+    return causal && !paged && mean_q_len < 24576 ? 4 : 8;
 }
 
 bool prefill_supported(const attn4j_attention_desc& d) {
