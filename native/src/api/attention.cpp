@@ -410,14 +410,9 @@ attn4j_status attn4j_prefill_paged_run(attn4j_plan* plan, const attn4j_tensor* q
         if (tv.batch != batch)
             invalid("table: batch " + std::to_string(tv.batch) + " but qo_indptr gives batch " +
                     std::to_string(batch));
-        if (d.causal && !on_cuda)
-            for (int64_t i = 0; i < batch; ++i) {
-                const int64_t nq = qo[i + 1] - qo[i], nk = tv.seq_len(int32_t(i), kv.page_size);
-                if (nk < nq)
-                    invalid("table: sequence " + std::to_string(i) + " has " + std::to_string(nk) +
-                            " tokens but qo_indptr gives it " + std::to_string(nq) +
-                            " queries; a causal plan needs n_kv >= n_q");
-            }
+        if (d.causal && !on_cuda)  // CUDA: checked once the plan has read the table back
+            for (int64_t i = 0; i < batch; ++i)
+                check_causal_table_fit(i, tv.seq_len(int32_t(i), kv.page_size), qo[i + 1] - qo[i]);
         const attn4j_tensor& to = check_rows_heads(out, "out", nnz_q, "q's rows =", d.num_qo_heads,
                                                    "plan num_qo_heads", d.head_dim, d.out_dtype,
                                                    "plan out_dtype", c);

@@ -151,11 +151,7 @@ public:
         for (int64_t i = 0; i < dims.batch; ++i) {
             const int32_t np = indptr[i + 1] - indptr[i];
             const int32_t nk = np == 0 ? 0 : (np - 1) * a.kv.page_size + last[i];
-            const int32_t nq = a.qo_indptr[i + 1] - a.qo_indptr[i];
-            if (desc_.causal && nk < nq)
-                invalid("table: sequence " + std::to_string(i) + " has " + std::to_string(nk) +
-                        " tokens but qo_indptr gives it " + std::to_string(nq) +
-                        " queries; a causal plan needs n_kv >= n_q");
+            if (desc_.causal) check_causal_table_fit(i, nk, a.qo_indptr[i + 1] - a.qo_indptr[i]);
             host_kv_lengths_[size_t(i)] = nk;
         }
     }

@@ -169,6 +169,13 @@ void check_indptr(const int32_t* indptr, int64_t batch, const char* name) {
                         name, i, i, indptr[i], i + 1, indptr[i + 1]));
 }
 
+void check_causal_table_fit(int64_t seq, int64_t n_kv, int64_t n_q) {
+    if (n_kv < n_q)
+        invalid(fmt("table: sequence %" PRId64 " has %" PRId64 " tokens but qo_indptr gives it %" PRId64
+                    " queries; a causal plan needs n_kv >= n_q",
+                    seq, n_kv, n_q));
+}
+
 namespace {
 
 template <class Bits, bool (*Bad)(Bits)>

@@ -38,6 +38,10 @@ const int32_t* check_i32_vector(const attn4j_tensor* t, const char* name, int64_
 // CSR offsets: offsets[0] == 0 and non-decreasing (message names `name`).
 void check_indptr(const int32_t* indptr, int64_t batch, const char* name);
 
+// Causal prefill over a paged table: sequence `seq` must own at least as many tokens (n_kv) as it
+// has queries (n_q); the same message on every device.
+void check_causal_table_fit(int64_t seq, int64_t n_kv, int64_t n_q);
+
 // Rejects Inf / NaN in a float tensor of rank 2..4 ("k: contains a non-finite value (NaN) at
 // row 3 head 1 ..."). Uses up to `threads` OpenMP threads for large tensors.
 void check_finite(const attn4j_tensor& t, const char* name, int threads);
