@@ -10,6 +10,9 @@
 // pipeline, no math: the kernel's memory ceiling); at every shape the page-major kernel
 // (ATTN4J_CUDA_QDECODE=pages) for comparison with the per-kv-head default.
 // Usage: bench_cuda_quant_decode [--json PATH] [--reps N] [--shapes b:L,...] [--diag 0|1]
+//        [--page N] [--shuffle 0|1] [--only NAME,...]
+// --page / --shuffle change the page size (16) and the shuffled page order; --only keeps the rows
+// of those names (e.g. int2,int2-copy_only; bf16 always runs: it is the ratio's base).
 #include <cuda_runtime.h>
 
 #include "cuda_bench.h"
@@ -61,30 +64,41 @@ int main(int argc, char** argv) {
     }
     std::string json_path, shapes = "1:131072,1:32768,64:4096,1:4096";
     int reps = 100;
-    bool diag = true;
+    bool diag = true, shuffle = true;
+    int PS = 16;
+    std::string only;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!std::strcmp(argv[i], "--json")) json_path = argv[i + 1];
         else if (!std::strcmp(argv[i], "--reps")) reps = std::atoi(argv[i + 1]);
         else if (!std::strcmp(argv[i], "--shapes")) shapes = argv[i + 1];
         else if (!std::strcmp(argv[i], "--diag")) diag = std::atoi(argv[i + 1]) != 0;
+        else if (!std::strcmp(argv[i], "--page")) PS = std::atoi(argv[i + 1]);
+        else if (!std::strcmp(argv[i], "--shuffle")) shuffle = std::atoi(argv[i + 1]) != 0;
+        else if (!std::strcmp(argv[i], "--only")) only = "," + std::string(argv[i + 1]) + ",";
+    }
+    if (PS <= 0) {
+        std::fprintf(stderr, "--page must be positive\n");
+        return 2;
     }
     cudaDeviceProp prop{};
     CK(cudaGetDeviceProperties(&prop, 0));
     const double copy_tbs = a4j_bench::copy_bandwidth();
-    const int HQO = 32, HKV = 8, D = 128, PS = 16, GS = 128;
-    std::printf("device %s, %d SMs, L2 %d MB; D2D copy %.2f TB/s (read+write); page %d shuffled, G %d F32 meta, "
+    const int HQO = 32, HKV = 8, D = 128, GS = 128;
+    std::printf("device %s, %d SMs, L2 %d MB; D2D copy %.2f TB/s (read+write); page %d %s, G %d F32 meta, "
                 "Hadamard; %d reps\n",
-                prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20, copy_tbs, PS, GS, reps);
+                prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20, copy_tbs, PS,
+                shuffle ? "shuffled" : "in order", GS, reps);
     std::string json = "{\n  \"device\": \"" + std::string(prop.name) + "\",\n  \"copy_tb_s\": " +
                        std::to_string(copy_tbs) +
-                       ",\n  \"num_qo_heads\": 32, \"num_kv_heads\": 8, \"head_dim\": 128, \"page_size\": 16,"
-                       " \"group_size\": 128, \"meta\": \"f32\", \"rotation\": \"hadamard\", \"reps\": " +
+                       ",\n  \"num_qo_heads\": 32, \"num_kv_heads\": 8, \"head_dim\": 128, \"page_size\": " +
+                       std::to_string(PS) + ", \"shuffled\": " + (shuffle ? "true" : "false") +
+                       ", \"group_size\": 128, \"meta\": \"f32\", \"rotation\": \"hadamard\", \"reps\": " +
                        std::to_string(reps) + ",\n  \"results\": [\n";
     bool first = true;
     std::printf("%6s %8s %15s %7s %10s %10s %8s %9s\n", "batch", "seq_len", "kv", "chunks", "median_us", "min_us",
                 "TB/s", "vs_bf16");
     for (const auto& [B, L] : a4j_bench::parse_shapes(shapes)) {
-        const a4j_bench::PageTable pt(B, L, PS, true);
+        const a4j_bench::PageTable pt(B, L, PS, shuffle);
         const int num_pages = pt.num_pages;
         uint16_t *dq, *dout;
         float* dlse;
@@ -108,6 +122,12 @@ int main(int argc, char** argv) {
             for (Cfg c : {Cfg{8, "pages"}, Cfg{4, "pages"}, Cfg{2, "pages"}}) cfgs.push_back(c);
         for (const Cfg& cfg : cfgs) {
             const int bits = cfg.bits;
+            const std::string name = std::string(bits == 16  ? "bf16"
+                                                 : bits == 8 ? "int8"
+                                                 : bits == 4 ? "int4"
+                                                             : "int2") +
+                                     (*cfg.mode ? std::string("-") + cfg.mode : std::string());
+            if (bits != 16 && !only.empty() && only.find("," + name + ",") == std::string::npos) continue;
             QuantFormat f;
             f.bits = bits == 16 ? 0 : bits;
             f.head_dim = D;
@@ -166,8 +186,6 @@ int main(int argc, char** argv) {
             const double tbs = kv_bytes / (med_us * 1e-6) / 1e12;
             if (bits == 16) bf16_us = med_us;
             const double speedup = bf16_us / med_us;
-            std::string name = bits == 16 ? "bf16" : bits == 8 ? "int8" : bits == 4 ? "int4" : "int2";
-            if (*cfg.mode) name += std::string("-") + cfg.mode;
             std::printf("%6d %8d %15s %7d %10.1f %10.1f %8.2f %8.2fx\n", B, L, name.c_str(), kernel->num_chunks(B), med_us,
                         min_us, tbs, speedup);
             std::fflush(stdout);

@@ -51,6 +51,9 @@ constexpr int kThreads = 128;
 constexpr int kWarps = 4;
 constexpr int kTT = 64;  // tokens per stage (16 per warp)
 constexpr int kGT = 8;   // query heads per CTA (qdecode_kernel) / per kv head (qdecode_pages_kernel)
+// Page ids of a chunk kept in shared memory by qdecode_kernel (1 KB: a 4096-token chunk at page
+// size 16); longer page lists are read from global memory per copy.
+constexpr int kQPidCache = 256;
 
 struct QParams : DecodeParamsBase {
     const uint8_t* k;
@@ -80,7 +83,8 @@ struct Cfg {
     static constexpr int STAGE_BYTES = kTT * 2 * (CB + MBMAX);
     static constexpr int PIPE = STAGES * STAGE_BYTES;
     static constexpr int EPI = (kWarps * kGT * D + 2 * kWarps * kGT) * 4;  // also holds the query rows
-    static constexpr int SMEM = PIPE > EPI ? PIPE : EPI;
+    static constexpr int MAIN = PIPE > EPI ? PIPE : EPI;
+    static constexpr int SMEM = MAIN + kQPidCache * 4;  // + the chunk's page ids
 };
 
 __device__ __forceinline__ uint32_t pack_h2(float lo, float hi) {
@@ -585,9 +589,15 @@ __global__ void __launch_bounds__(kThreads) qdecode_kernel(const QParams p) {
     float s_ref = 1.f, inv_sref = 1.f;
     if constexpr (FAST) fast_ref_scale(p, kvh, checked_page_id(pages[0], p.num_pages, bad_page), s_ref, inv_sref);
     warp_query<D, P, KR, FAST>(p, b, kvh, h0, true, reinterpret_cast<float*>(smem) + warp * kGT * D, qa, qsum);
-    // The chunk's page ids are checked once, here, not per copy; a bad one: no page is read, NaN rows.
-    for (int i = tid; i < span.npages; i += kThreads) bad_page |= unsigned(__ldg(pages + i)) >= unsigned(p.num_pages);
-    const bool bad = __syncthreads_or(bad_page);  // smem becomes the pipeline
+    // The chunk's page ids are checked once, here, not per copy (a bad one: no page is read, NaN
+    // rows), and kept in shared memory so that a stage's copies wait on no global load.
+    int* pid_s = reinterpret_cast<int*>(smem + C::MAIN);
+    const bool pid_cached = span.npages <= kQPidCache;
+    for (int i = tid; i < span.npages; i += kThreads) {
+        const int id = checked_page_id(__ldg(pages + i), p.num_pages, bad_page);
+        if (pid_cached) pid_s[i] = id;
+    }
+    const bool bad = __syncthreads_or(bad_page);  // smem becomes the pipeline, page ids visible
     const uint8_t* kb = p.k + int64_t(kvh) * p.head_stride;
     const uint8_t* vb = p.v + int64_t(kvh) * p.head_stride;
     const int MB = p.MB;
@@ -606,7 +616,8 @@ __global__ void __launch_bounds__(kThreads) qdecode_kernel(const QParams p) {
             if (valid) {
                 const int pi = p.page_shift >= 0 ? j >> p.page_shift : j / ps;
                 const int slot = j - pi * ps;
-                off = int64_t(__ldg(pages + pi)) * p.page_stride + src_off + int64_t(slot) * row_bytes + piece * U;
+                const int pid = pid_cached ? pid_s[pi] : __ldg(pages + pi);
+                off = int64_t(pid) * p.page_stride + src_off + int64_t(slot) * row_bytes + piece * U;
             }
             cp_async<U>(kd + t * row_bytes + piece * U, kb + off, valid);
             cp_async<U>(vd + t * row_bytes + piece * U, vb + off, valid);
@@ -629,7 +640,10 @@ __global__ void __launch_bounds__(kThreads) qdecode_kernel(const QParams p) {
     };
 
     const int ntiles = bad ? 0 : (chunk_len + kTT - 1) / kTT;
-#pragma unroll
+    // Not unrolled: each unrolled copy of issue() is about 2k instructions (four copy variants);
+    // eight of them were a 17k-instruction prologue that missed the instruction cache (about 20% of
+    // the INT2 kernel's stall samples at 1 x 128k under ncu).
+#pragma unroll 1
     for (int s = 0; s < STAGES - 1; ++s) {
         if (s < ntiles) issue(s, s);
         cp_async_commit();
@@ -796,7 +810,7 @@ __global__ void __launch_bounds__(kPThreads, 2) qdecode_pages_kernel(const QPara
     };
 
     const int ntiles = bad ? 0 : (chunk_len + TT - 1) / TT;
-#pragma unroll
+#pragma unroll 1  // as in qdecode_kernel: one copy of issue() for the fill
     for (int s = 0; s < STAGES - 1; ++s) {
         if (s < ntiles) issue(s, s);
         cp_async_commit();
