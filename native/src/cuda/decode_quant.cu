@@ -69,6 +69,7 @@ struct QParams : DecodeParamsBase {
     const float* k_mat;
     const float* v_mat;
     int copy_only;  // diagnostics: stream the pages, skip the math (output meaningless)
+    uint32_t opaque_zero;  // always 0, unknown to the compiler (see magic2)
 };
 
 template <int D, int BITS, bool FAST>
@@ -108,29 +109,29 @@ __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
     return r;
 }
 
-// Codes of plane K in bytes 0 and 2 of x -> f16x2 (code * s + z).
+// f16x2 magic of plane K: 2^(10 - K * BITS) in each half. `zero` is a runtime 0
+// (QParams::opaque_zero) that keeps the magic in a register: then (x & mask) | magic is one LOP3;
+// with mask and magic both immediates ptxas emits two (64 extra instructions per INT2 slice).
 template <int BITS, int K>
-__device__ __forceinline__ uint32_t dq(uint32_t x, uint32_t s2, uint32_t z2) {
+__device__ __forceinline__ uint32_t magic2(uint32_t zero) {
+    constexpr uint32_t m = uint32_t(25 - K * BITS) << 10;
+    return (m | (m << 16)) | zero;
+}
+// Codes of plane K in bytes 0 and 2 of x as the f16 values magic + code.
+template <int BITS, int K>
+__device__ __forceinline__ uint32_t plane_bits(uint32_t x, uint32_t mg2) {
     constexpr uint32_t mask = ((1u << BITS) - 1u) << (K * BITS);
     constexpr uint32_t m2 = mask | (mask << 16);
-    constexpr uint32_t magic = uint32_t(25 - K * BITS) << 10;  // f16 2^(10 - K*BITS)
-    constexpr uint32_t mg2 = magic | (magic << 16);
-    const uint32_t h = (x & m2) | mg2;
-    return hfma2(hsub2(h, mg2), s2, z2);
+    uint32_t h;
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(h) : "r"(x), "n"(m2), "r"(mg2));  // (x & m2) | mg2
+    return h;
 }
-// Codes of plane K in bytes 0 and 2 of x -> f16x2 (exact code values).
-template <int BITS, int K>
-__device__ __forceinline__ uint32_t dqc(uint32_t x) {
-    constexpr uint32_t mask = ((1u << BITS) - 1u) << (K * BITS);
-    constexpr uint32_t m2 = mask | (mask << 16);
-    constexpr uint32_t magic = uint32_t(25 - K * BITS) << 10;
-    constexpr uint32_t mg2 = magic | (magic << 16);
-    return hsub2((x & m2) | mg2, mg2);
-}
+// Codes of plane K in bytes 0 and 2 of x -> f16x2: exact code values (FAST) or code * s + z.
 template <int BITS, int K, bool FAST>
-__device__ __forceinline__ uint32_t dqx(uint32_t x, uint32_t s2, uint32_t z2) {
-    if constexpr (FAST) return dqc<BITS, K>(x);
-    else return dq<BITS, K>(x, s2, z2);
+__device__ __forceinline__ uint32_t dqx(uint32_t x, uint32_t mg2, uint32_t s2, uint32_t z2) {
+    const uint32_t c = hsub2(plane_bits<BITS, K>(x, mg2), mg2);
+    if constexpr (FAST) return c;
+    else return hfma2(c, s2, z2);
 }
 
 __device__ __forceinline__ void mma16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
@@ -334,10 +335,12 @@ struct WarpState {
 // masked (their V meta zeroed: the page data past the sequence end may be anything).
 template <int D, int BITS, bool FAST, class KC, class KM, class VC, class VM>
 __device__ __forceinline__ void slice_math(WarpState<D>& st, const uint32_t (&qa)[D / 16][2], float qsum,
-                                           float inv_sref, int tok0, int chunk_len, int meta_f16, int gk, int gv,
-                                           KC kcode, KM kmeta, VC vcode, VM vmeta) {
+                                           float inv_sref, int tok0, int chunk_len, int meta_f16, uint32_t zero,
+                                           int gk, int gv, KC kcode, KM kmeta, VC vcode, VM vmeta) {
     constexpr int CB = D * BITS / 8, P = 8 / BITS, KR = CB / 4, VR = CB / 8, NKS = D / 16;
     const int lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
+    const uint32_t mg[4] = {magic2<BITS, 0>(zero), magic2<BITS, (P > 1 ? 1 : 0)>(zero),
+                            magic2<BITS, (P > 2 ? 2 : 0)>(zero), magic2<BITS, (P > 3 ? 3 : 0)>(zero)};
     float sacc[2][4];
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt) {
@@ -358,10 +361,10 @@ __device__ __forceinline__ void slice_math(WarpState<D>& st, const uint32_t (&qa
 #pragma unroll
             for (int k = 0; k < P; ++k) {
                 uint32_t lo, hi;
-                if (k == 0) { lo = dqx<BITS, 0, FAST>(x0, s2, z2); hi = dqx<BITS, 0, FAST>(x1, s2, z2); }
-                else if (k == 1) { lo = dqx<BITS, (P > 1 ? 1 : 0), FAST>(x0, s2, z2); hi = dqx<BITS, (P > 1 ? 1 : 0), FAST>(x1, s2, z2); }
-                else if (k == 2) { lo = dqx<BITS, (P > 2 ? 2 : 0), FAST>(x0, s2, z2); hi = dqx<BITS, (P > 2 ? 2 : 0), FAST>(x1, s2, z2); }
-                else { lo = dqx<BITS, (P > 3 ? 3 : 0), FAST>(x0, s2, z2); hi = dqx<BITS, (P > 3 ? 3 : 0), FAST>(x1, s2, z2); }
+                if (k == 0) { lo = dqx<BITS, 0, FAST>(x0, mg[0], s2, z2); hi = dqx<BITS, 0, FAST>(x1, mg[0], s2, z2); }
+                else if (k == 1) { lo = dqx<BITS, (P > 1 ? 1 : 0), FAST>(x0, mg[1], s2, z2); hi = dqx<BITS, (P > 1 ? 1 : 0), FAST>(x1, mg[1], s2, z2); }
+                else if (k == 2) { lo = dqx<BITS, (P > 2 ? 2 : 0), FAST>(x0, mg[2], s2, z2); hi = dqx<BITS, (P > 2 ? 2 : 0), FAST>(x1, mg[2], s2, z2); }
+                else { lo = dqx<BITS, (P > 3 ? 3 : 0), FAST>(x0, mg[3], s2, z2); hi = dqx<BITS, (P > 3 ? 3 : 0), FAST>(x1, mg[3], s2, z2); }
                 mma16816(sacc[nt], qa[i * P + k][0], 0u, qa[i * P + k][1], 0u, lo, hi);
             }
         }
@@ -450,10 +453,10 @@ __device__ __forceinline__ void slice_math(WarpState<D>& st, const uint32_t (&qa
                 for (int bb = 0; bb < 2; ++bb) {
                     const uint32_t x = bb ? r >> 8 : r;
                     const int e0 = (4 * i + 2 * hp + bb) * P;
-                    vh[qq][e0] = dqx<BITS, 0, FAST>(x, s2, z2);
-                    if constexpr (P > 1) vh[qq][e0 + 1] = dqx<BITS, (P > 1 ? 1 : 0), FAST>(x, s2, z2);
-                    if constexpr (P > 2) vh[qq][e0 + 2] = dqx<BITS, (P > 2 ? 2 : 0), FAST>(x, s2, z2);
-                    if constexpr (P > 3) vh[qq][e0 + 3] = dqx<BITS, (P > 3 ? 3 : 0), FAST>(x, s2, z2);
+                    vh[qq][e0] = dqx<BITS, 0, FAST>(x, mg[0], s2, z2);
+                    if constexpr (P > 1) vh[qq][e0 + 1] = dqx<BITS, (P > 1 ? 1 : 0), FAST>(x, mg[1], s2, z2);
+                    if constexpr (P > 2) vh[qq][e0 + 2] = dqx<BITS, (P > 2 ? 2 : 0), FAST>(x, mg[2], s2, z2);
+                    if constexpr (P > 3) vh[qq][e0 + 3] = dqx<BITS, (P > 3 ? 3 : 0), FAST>(x, mg[3], s2, z2);
                 }
             }
         }
@@ -670,7 +673,7 @@ __global__ void __launch_bounds__(kThreads) qdecode_kernel(const QParams p) {
         const uint8_t* km = sb + 2 * kTT * CB + warp * 16 * MB;
         const uint8_t* vm = sb + 2 * kTT * CB + kTT * C::MBMAX + warp * 16 * MB;
         slice_math<D, BITS, FAST>(
-            st, qa, qsum, inv_sref, tok0, chunk_len, p.meta_f16, gk, gv, [&](int r) { return kc + r * CB; },
+            st, qa, qsum, inv_sref, tok0, chunk_len, p.meta_f16, p.opaque_zero, gk, gv, [&](int r) { return kc + r * CB; },
             [&](int r) { return km + r * MB; }, [&](int r) { return vc + r * CB; }, [&](int r) { return vm + r * MB; });
     }
     cp_async_wait<0>();
@@ -845,7 +848,7 @@ __global__ void __launch_bounds__(kPThreads, 2) qdecode_pages_kernel(const QPara
                 return codes_total + ((t >> qs) * kh + hl) * qmb + (t & qmask) * MB;
             };
             slice_math<D, BITS, FAST>(
-                st, qa, qsum, inv_sref, tok0, chunk_len, p.meta_f16, gk, gv, [&](int r) { return sk + code_off(r); },
+                st, qa, qsum, inv_sref, tok0, chunk_len, p.meta_f16, p.opaque_zero, gk, gv, [&](int r) { return sk + code_off(r); },
                 [&](int r) { return sk + meta_off(r); }, [&](int r) { return svb + code_off(r); },
                 [&](int r) { return svb + meta_off(r); });
         }
