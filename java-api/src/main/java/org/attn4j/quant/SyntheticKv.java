@@ -28,6 +28,8 @@ import org.attn4j.Status;
  * Layouts: {@code q [qoHeads][d]}, {@code k, v [tokens][kvHeads][d]}, row-major. Same seed, same data.
  */
 public final class SyntheticKv {
+    private static final long SAMPLE_SALT = 0x5A3C1E7L; // the stream of sampleQueries
+
     private final Builder cfg;
     private final float[] q, k, v;
     private final int[][] outliers; // [kvHead] channels
@@ -155,15 +157,45 @@ public final class SyntheticKv {
         if (n <= 0) {
             throw new Attn4jException(Status.INVALID_ARGUMENT, "sampleQueries: n must be positive, got " + n);
         }
-        int d = cfg.headDim, group = cfg.qoHeads / cfg.kvHeads;
-        float[] out = new float[n * cfg.qoHeads * d];
-        SplittableRandom rnd = new SplittableRandom(cfg.seed * 0x9E3779B97F4A7C15L + 0x5A3C1E7L);
+        long[] positions = new long[n];
         for (int i = 0; i < n; i++) {
-            long pos = Math.max(1, Math.round((i + 1) * (double) cfg.tokens / n));
+            positions[i] = Math.max(1, Math.round((i + 1) * (double) cfg.tokens / n));
+        }
+        return queriesAt(positions, SAMPLE_SALT);
+    }
+
+    /**
+     * Queries with the decode query's statistics at the given positions (RoPE applied at each),
+     * {@code [positions.length][qoHeads][headDim]}: e.g. the probes of a salient-token estimator. They
+     * are drawn in order from the stream seeded with {@code seed * 0x9E3779B97F4A7C15 + salt}: query
+     * {@code i} is the same draw whatever the positions, rotated to {@code positions[i]}; the same salt
+     * gives the same queries, another salt an independent draw. Salts {@code 0 .. kvHeads-1} and
+     * {@code 0x5A3C1E7} are the generator's own streams (the layer's heads; {@link #sampleQueries},
+     * which is {@code queriesAt} at its positions with salt {@code 0x5A3C1E7}): use another salt for
+     * queries independent of them.
+     */
+    public float[] queriesAt(long[] positions, long salt) {
+        if (positions == null || positions.length == 0) {
+            throw new Attn4jException(Status.INVALID_ARGUMENT, "queriesAt: positions must be non-empty");
+        }
+        int d = cfg.headDim, group = cfg.qoHeads / cfg.kvHeads;
+        if ((long) positions.length * cfg.qoHeads * d > Integer.MAX_VALUE - 8) {
+            throw new Attn4jException(Status.INVALID_ARGUMENT, "queriesAt: " + positions.length
+                    + " positions x qoHeads x headDim too large for a float[]");
+        }
+        for (int i = 0; i < positions.length; i++) {
+            if (positions[i] < 0) {
+                throw new Attn4jException(Status.INVALID_ARGUMENT,
+                        "queriesAt: positions[" + i + "] must be >= 0, got " + positions[i]);
+            }
+        }
+        float[] out = new float[positions.length * cfg.qoHeads * d];
+        SplittableRandom rnd = new SplittableRandom(cfg.seed * 0x9E3779B97F4A7C15L + salt);
+        for (int i = 0; i < positions.length; i++) {
             for (int h = 0; h < cfg.qoHeads; h++) {
                 int off = (i * cfg.qoHeads + h) * d;
                 query(rnd, h / group, out, off);
-                rope(out, off, d, pos, cfg.ropeBase);
+                rope(out, off, d, positions[i], cfg.ropeBase);
             }
         }
         return out;

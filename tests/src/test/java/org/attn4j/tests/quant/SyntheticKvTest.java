@@ -9,6 +9,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 import java.util.Arrays;
 
 import org.attn4j.Attn4jException;
+import org.attn4j.Status;
 import org.attn4j.quant.SyntheticKv;
 import org.junit.jupiter.api.Test;
 
@@ -179,6 +180,73 @@ class SyntheticKvTest {
         }
         assertTrue(Math.abs(mean) > 0.7, "query mean on outlier channel " + mean);
         assertThrows(Attn4jException.class, () -> s.sampleQueries(0));
+    }
+
+    @Test
+    void queriesAtIsDeterministicAndPerIndex() {
+        SyntheticKv a = base().build(), b = base().build();
+        long[] pos = {N - 64, N - 32, N};
+        float[] qa = a.queriesAt(pos, 7);
+        assertEquals(pos.length * QO * D, qa.length);
+        assertArrayEquals(qa, b.queriesAt(pos, 7), "same seed, positions and salt");
+        assertFalse(Arrays.equals(qa, a.queriesAt(pos, 8)), "another salt, another draw");
+        assertFalse(Arrays.equals(qa, base().seed(43).build().queriesAt(pos, 7)), "another seed, another draw");
+        // query i is drawn independently of the positions (and of later queries): prefixes agree
+        float[] first = a.queriesAt(new long[] {pos[0]}, 7);
+        assertArrayEquals(first, Arrays.copyOf(qa, QO * D));
+        for (float x : qa) {
+            assertTrue(Float.isFinite(x));
+        }
+    }
+
+    @Test
+    void queriesAtMatchesSampleQueriesOnTheirStream() {
+        // documented: sampleQueries(n) is queriesAt at its positions, max(1, round((i + 1) * tokens / n)),
+        // with salt 0x5A3C1E7
+        SyntheticKv s = base().build();
+        int n = 5;
+        long[] pos = new long[n];
+        for (int i = 0; i < n; i++) {
+            pos[i] = Math.max(1, Math.round((i + 1) * (double) N / n));
+        }
+        assertArrayEquals(s.sampleQueries(n), s.queriesAt(pos, 0x5A3C1E7L));
+    }
+
+    @Test
+    void queriesAtAppliesRopeAtEachPosition() {
+        SyntheticKv rope = base().build(), flat = base().ropeBase(0).build();
+        long[] pos = {0, 1, 7, 100, 2000, 100_000};
+        float[] a = rope.queriesAt(pos, 11), b = flat.queriesAt(pos, 11);
+        // without RoPE the position does not matter
+        assertArrayEquals(b, flat.queriesAt(new long[] {5, 5, 5, 5, 5, 5}, 11));
+        // position 0 is the unrotated query
+        assertArrayEquals(Arrays.copyOf(b, QO * D), Arrays.copyOf(a, QO * D));
+        for (int i = 0; i < pos.length; i++) {
+            for (int h : new int[] {0, QO - 1}) {
+                int off = (i * QO + h) * D;
+                double na = 0, nb = 0;
+                for (int c = 0; c < D; c++) {
+                    na += a[off + c] * a[off + c];
+                    nb += b[off + c] * b[off + c];
+                }
+                assertEquals(nb, na, 1e-4 * nb, "RoPE keeps the norm");
+                // pair 0 (channels 0 and D/2) turns by pos radians
+                double angle = Math.atan2(a[off + D / 2], a[off]) - Math.atan2(b[off + D / 2], b[off]);
+                assertEquals(0, Math.IEEEremainder(angle - pos[i], 2 * Math.PI), 1e-3, "position " + pos[i]);
+            }
+        }
+    }
+
+    @Test
+    void queriesAtRejectsBadArguments() {
+        SyntheticKv s = base().build();
+        for (long[] bad : new long[][] {null, {}, {3, -1}}) {
+            Attn4jException e = assertThrows(Attn4jException.class, () -> s.queriesAt(bad, 1));
+            assertEquals(Status.INVALID_ARGUMENT, e.status());
+            assertTrue(e.getMessage().contains("positions"), e.getMessage());
+        }
+        assertTrue(assertThrows(Attn4jException.class, () -> s.queriesAt(new long[] {3, -1}, 1)).getMessage()
+                .contains("positions[1]"));
     }
 
     @Test
