@@ -60,6 +60,32 @@ inline attn4j_tensor dev_tensor(void* data, attn4j_dtype dtype, std::vector<int6
     return t;
 }
 
+// One layer's paged KV cache over caller-owned K and V pages of `size_bytes` each, on device 0
+// of `device`: the tests need this descriptor in many places. The quantized dtypes pass their
+// format (one rotation for K and V); the caller sets rotation matrices and clip ratios, and a
+// bad-input case changes one field of the valid descriptor returned here.
+inline attn4j_paged_kv paged_kv(attn4j_dtype dtype, int32_t num_kv_heads, int32_t head_dim, int32_t page_size,
+                                int32_t num_pages, void* k, void* v, int64_t size_bytes,
+                                attn4j_device_type device = ATTN4J_DEVICE_CPU, int32_t group_size = 0,
+                                attn4j_dtype meta_dtype = 0, attn4j_rotation rotation = ATTN4J_ROTATION_NONE) {
+    attn4j_paged_kv c{};
+    c.struct_size = sizeof c;
+    c.dtype = dtype;
+    c.num_kv_heads = num_kv_heads;
+    c.head_dim = head_dim;
+    c.page_size = page_size;
+    c.num_pages = num_pages;
+    c.device_type = device;
+    c.device_id = 0;
+    c.k_data = k;
+    c.v_data = v;
+    c.k_size_bytes = c.v_size_bytes = size_bytes;
+    c.quant.group_size = group_size;
+    c.quant.meta_dtype = meta_dtype;
+    c.quant.k_rotation = c.quant.v_rotation = rotation;
+    return c;
+}
+
 // A C ABI call's status is `want`, and on failure attn4j_last_error() contains `needle` (e.g. the
 // argument's name); prints the message.
 inline void expect_status(const char* what, attn4j_status got, attn4j_status want, const char* needle) {

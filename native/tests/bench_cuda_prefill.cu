@@ -139,17 +139,8 @@ int main(int argc, char** argv) {
             const int r = i % nrot;
             attn4j_status st;
             if (c.paged) {
-                attn4j_paged_kv cache{};
-                cache.struct_size = sizeof cache;
-                cache.dtype = c.dt;
-                cache.num_kv_heads = c.hkv;
-                cache.head_dim = D;
-                cache.page_size = PS;
-                cache.num_pages = int32_t(pages);
-                cache.device_type = ATTN4J_DEVICE_CUDA;
-                cache.k_data = ks[r];
-                cache.v_data = vs[r];
-                cache.k_size_bytes = cache.v_size_bytes = int64_t(kv_alloc) * 2;
+                const attn4j_paged_kv cache = a4j_test::paged_kv(c.dt, c.hkv, D, PS, int32_t(pages), ks[r], vs[r],
+                                                                 int64_t(kv_alloc) * 2, ATTN4J_DEVICE_CUDA);
                 st = attn4j_prefill_paged_run(plan, &tq, &tqo, &cache, &table, &to, nullptr);
             } else {
                 attn4j_tensor tk = dev_tensor(ks[r], c.dt, {nnz, c.hkv, D}), tv = dev_tensor(vs[r], c.dt, {nnz, c.hkv, D});

@@ -83,16 +83,7 @@ struct Fixture {
         o.device_type = ATTN4J_DEVICE_CPU;
         o.num_threads = 2;
         CHECK(attn4j_context_create(&o, &ctx) == ATTN4J_OK);
-        cache.struct_size = sizeof cache;
-        cache.dtype = ATTN4J_DTYPE_BF16;
-        cache.num_kv_heads = KVH;
-        cache.head_dim = D;
-        cache.page_size = PS;
-        cache.num_pages = PAGES;
-        cache.device_type = ATTN4J_DEVICE_CPU;
-        cache.k_data = kc.data();
-        cache.v_data = vc.data();
-        cache.k_size_bytes = cache.v_size_bytes = int64_t(kc.size()) * 2;
+        cache = a4j_test::paged_kv(ATTN4J_DTYPE_BF16, KVH, D, PS, PAGES, kc.data(), vc.data(), int64_t(kc.size()) * 2);
         table = make_table(indptr, indices, last);
         // fill the cache through append: 40 + 5 tokens
         std::vector<float> k(45 * KVH * D), v(45 * KVH * D);

@@ -59,17 +59,8 @@ void test_append(attn4j_dtype in_dtype, attn4j_dtype cache_dtype, int threads) {
     std::vector<uint8_t> kc(size_t(PAGES) * KVH * PS * D * es), vc(kc.size());
     // poison
     for (size_t i = 0; i < kc.size(); ++i) kc[i] = vc[i] = 0xA5;
-    attn4j_paged_kv cache{};
-    cache.struct_size = sizeof cache;
-    cache.dtype = cache_dtype;
-    cache.num_kv_heads = KVH;
-    cache.head_dim = D;
-    cache.page_size = PS;
-    cache.num_pages = PAGES;
-    cache.device_type = ATTN4J_DEVICE_CPU;
-    cache.k_data = kc.data();
-    cache.v_data = vc.data();
-    cache.k_size_bytes = cache.v_size_bytes = int64_t(kc.size());
+    const attn4j_paged_kv cache =
+        a4j_test::paged_kv(cache_dtype, KVH, D, PS, PAGES, kc.data(), vc.data(), int64_t(kc.size()));
     // 3 sequences, pages out of order. Final lengths 13, 8, 20.
     std::vector<int32_t> indptr{0, 2, 3, 6}, indices{7, 2, 11, 0, 5, 9}, last{5, 8, 4};
     const int64_t lens[3] = {13, 8, 20};

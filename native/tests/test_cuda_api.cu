@@ -104,17 +104,8 @@ struct Problem {
         dindices = a4j_test::to_device(indices);
         dlast = a4j_test::to_device(last);
 
-        cache.struct_size = sizeof cache;
-        cache.dtype = ATTN4J_DTYPE_BF16;
-        cache.num_kv_heads = KVH;
-        cache.head_dim = D;
-        cache.page_size = PS;
-        cache.num_pages = pages;
-        cache.device_type = ATTN4J_DEVICE_CUDA;
-        cache.device_id = 0;
-        cache.k_data = dk;
-        cache.v_data = dv;
-        cache.k_size_bytes = cache.v_size_bytes = int64_t(kv_elems) * 2;
+        cache = a4j_test::paged_kv(ATTN4J_DTYPE_BF16, KVH, D, PS, pages, dk, dv, int64_t(kv_elems) * 2,
+                                   ATTN4J_DEVICE_CUDA);
         table.struct_size = sizeof table;
         table.indptr = dev_tensor(dindptr, ATTN4J_DTYPE_I32, {int64_t(indptr.size())});
         table.indices = dev_tensor(dindices, ATTN4J_DTYPE_I32, {int64_t(indices.size())});

@@ -138,17 +138,7 @@ struct Problem {
         dpindptr = a4j_test::to_device(pindptr);
         dpindices = a4j_test::to_device(pindices);
         dplast = a4j_test::to_device(plast);
-        cache.struct_size = sizeof cache;
-        cache.dtype = c.in_dt;
-        cache.num_kv_heads = c.hkv;
-        cache.head_dim = D;
-        cache.page_size = PS;
-        cache.num_pages = pages;
-        cache.device_type = ATTN4J_DEVICE_CUDA;
-        cache.device_id = 0;
-        cache.k_data = dk;
-        cache.v_data = dv;
-        cache.k_size_bytes = cache.v_size_bytes = int64_t(pk.size()) * 2;
+        cache = a4j_test::paged_kv(c.in_dt, c.hkv, D, PS, pages, dk, dv, int64_t(pk.size()) * 2, ATTN4J_DEVICE_CUDA);
         table.struct_size = sizeof table;
         table.indptr = dev_tensor(dpindptr, ATTN4J_DTYPE_I32, {batch + 1});
         table.indices = dev_tensor(dpindices, ATTN4J_DTYPE_I32, {int64_t(pindices.size())});

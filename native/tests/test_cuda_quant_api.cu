@@ -35,20 +35,9 @@ void run_case(attn4j_context* cpu, attn4j_context* gpu, attn4j_dtype dtype, int 
     const int64_t tb = attn4j_kv_token_bytes(dtype, D, group, ATTN4J_DTYPE_F32);
     const size_t bytes = size_t(pages) * KVH * PS * size_t(tb);
     std::vector<uint8_t> kc(bytes, 0), vc(bytes, 0);
-    attn4j_paged_kv cache{};
-    cache.struct_size = sizeof cache;
-    cache.dtype = dtype;
-    cache.num_kv_heads = KVH;
-    cache.head_dim = D;
-    cache.page_size = PS;
-    cache.num_pages = pages;
-    cache.device_type = ATTN4J_DEVICE_CPU;
-    cache.k_data = kc.data();
-    cache.v_data = vc.data();
-    cache.k_size_bytes = cache.v_size_bytes = int64_t(bytes);
-    cache.quant.group_size = group;
-    cache.quant.meta_dtype = ATTN4J_DTYPE_F32;
-    cache.quant.k_rotation = cache.quant.v_rotation = ATTN4J_ROTATION_HADAMARD;
+    const attn4j_paged_kv cache = a4j_test::paged_kv(dtype, KVH, D, PS, pages, kc.data(), vc.data(), int64_t(bytes),
+                                                     ATTN4J_DEVICE_CPU, group, ATTN4J_DTYPE_F32,
+                                                     ATTN4J_ROTATION_HADAMARD);
     // Page table: shuffled pages.
     std::vector<int32_t> perm(static_cast<size_t>(pages));
     for (int i = 0; i < pages; ++i) perm[size_t(i)] = i;

@@ -87,19 +87,8 @@ struct Decode {
         d_indptr = dev_copy(ctx, indptr);
         d_indices = dev_copy(ctx, indices);
         d_last = dev_copy(ctx, last);
-        cache.struct_size = sizeof cache;
-        cache.dtype = kv_dtype;
-        cache.num_kv_heads = KVH;
-        cache.head_dim = D;
-        cache.page_size = PS;
-        cache.num_pages = pages + 8;
-        cache.device_type = ATTN4J_DEVICE_CUDA;
-        cache.k_data = d_k;
-        cache.v_data = d_v;
-        cache.k_size_bytes = cache.v_size_bytes = bytes;
-        cache.quant.group_size = D;
-        cache.quant.meta_dtype = ATTN4J_DTYPE_F32;
-        cache.quant.k_rotation = cache.quant.v_rotation = ATTN4J_ROTATION_HADAMARD;
+        cache = a4j_test::paged_kv(kv_dtype, KVH, D, PS, pages + 8, d_k, d_v, bytes, ATTN4J_DEVICE_CUDA, D,
+                                   ATTN4J_DTYPE_F32, ATTN4J_ROTATION_HADAMARD);
         table.struct_size = sizeof table;
         table.indptr = dev_tensor(d_indptr, ATTN4J_DTYPE_I32, {batch() + 1});
         table.indices = dev_tensor(d_indices, ATTN4J_DTYPE_I32, {int64_t(indices.size())});

@@ -49,20 +49,11 @@ struct Cache {
 Cache make_cache(attn4j_dtype dtype, int kvh, int d, int ps, int pages, int group, attn4j_dtype meta,
                  attn4j_rotation rot, std::mt19937_64& rng) {
     Cache c;
-    c.kv.struct_size = sizeof c.kv;
-    c.kv.dtype = dtype;
-    c.kv.num_kv_heads = kvh;
-    c.kv.head_dim = d;
-    c.kv.page_size = ps;
-    c.kv.num_pages = pages;
-    c.kv.device_type = ATTN4J_DEVICE_CPU;
     c.token_bytes = attn4j_kv_token_bytes(dtype, d, group, meta);
     const size_t bytes = size_t(pages) * kvh * ps * size_t(c.token_bytes);
     c.k.assign(bytes, 0xA5);
     c.v.assign(bytes, 0x5A);
-    c.kv.k_data = c.k.data();
-    c.kv.v_data = c.v.data();
-    c.kv.k_size_bytes = c.kv.v_size_bytes = int64_t(bytes);
+    c.kv = a4j_test::paged_kv(dtype, kvh, d, ps, pages, c.k.data(), c.v.data(), int64_t(bytes));
     if (dtype >= 16) {
         c.kv.quant.group_size = group;
         c.kv.quant.meta_dtype = meta;
