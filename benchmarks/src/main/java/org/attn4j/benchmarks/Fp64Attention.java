@@ -83,18 +83,6 @@ final class Fp64Attention {
         return fromA == null || fromA[t * kvHeads + kvHead];
     }
 
-    /** {@code ||out - ref|| / ||ref||}, the figure of {@code attn4j verify --quant}. */
-    static double relativeError(double[] out, double[] ref) {
-        double num = 0;
-        double den = 0;
-        for (int i = 0; i < ref.length; i++) {
-            double e = out[i] - ref[i];
-            num += e * e;
-            den += ref[i] * ref[i];
-        }
-        return Math.sqrt(num / den);
-    }
-
     private void logits(float[] q, int qOff, float[] k, int kvHead, int n, double[] s) {
         for (int t = 0; t < n; t++) {
             int off = (t * kvHeads + kvHead) * headDim;

@@ -10,6 +10,7 @@ import java.util.stream.IntStream;
 import org.attn4j.Rotation;
 import org.attn4j.quant.Calibration;
 import org.attn4j.quant.Calibrator;
+import org.attn4j.quant.QuantAccuracy;
 import org.attn4j.quant.QuantReference;
 import org.attn4j.quant.SyntheticKv;
 
@@ -481,7 +482,7 @@ public final class SalientTokenStudy {
     }
 
     private double error(double[] out) {
-        return Fp64Attention.relativeError(out, ref);
+        return QuantAccuracy.relativeError(out, ref);
     }
 
     /** 0.005 -> "0.5%", 0.05 -> "5%". */

@@ -75,6 +75,18 @@ public final class QuantAccuracy {
             out = ot.toFloatArray();
         }
         double[] ref = referenceDecode(q, k, v, qoHeads, kvHeads, headDim, tokens);
+        double[] got = new double[out.length];
+        for (int i = 0; i < out.length; i++) {
+            got[i] = out[i];
+        }
+        return relativeError(got, ref);
+    }
+
+    /** {@code ||out - ref|| / ||ref||}: the figure this class and {@code attn4j verify} report. */
+    public static double relativeError(double[] out, double[] ref) {
+        if (out == null || ref == null || out.length != ref.length) {
+            throw new Attn4jException(Status.INVALID_ARGUMENT, "out, ref: must be non-null and of the same length");
+        }
         double num = 0;
         double den = 0;
         for (int i = 0; i < ref.length; i++) {
