@@ -9,10 +9,12 @@
 //  - a stage of 64 tokens (K codes, V codes, K meta, V meta of each token) is copied into shared
 //    memory with cp.async (16-byte copies for codes when the page geometry allows, else 4-byte);
 //    the pipeline is STAGES deep with one block barrier per stage;
-//  - each warp takes 16 tokens of the stage. Scores S = Q K^T are mma.m16n8k16 with M = query
-//    heads (8 used rows), N = 8 tokens, K = 16 head-dim values; P.V is O^T = V^T P^T with M = 16
-//    head-dim values, N = 8 heads, K = 16 tokens, so the C fragment of S is the B fragment of P^T
-//    without any shuffle;
+//  - each warp takes 16 tokens of the stage. Scores S^T = K Q^T are mma.m16n8k16 with M = the 16
+//    tokens (dequantized K as A), N = 8 query heads, K = 16 head-dim values: one mma per 16
+//    head-dim values and no zero rows (S = Q K^T with the heads as M took two, half of them
+//    zeros: 3-8% slower, H200, benchmarks/results/h200/cuda-quant-decode-prologue.txt). P.V is
+//    O^T = V^T P^T with M = 16 head-dim values, N = 8 heads, K = 16 tokens; movmatrix transposes
+//    the C fragment of P (tokens x heads) into the B fragment of P^T;
 //  - codes become f16 with the exponent trick: (word & plane mask) | magic gives 2^e + code in
 //    each half (planar packing: plane k of a byte holds value j + k n), then (h - 2^e) * s + z.
 //    The head-dim order inside an mma is permuted to follow the bytes a thread holds (the query
@@ -259,10 +261,10 @@ __device__ __forceinline__ void warp_matmul(const float* xs, const float* R, boo
 // Query prologue of one warp, no block barrier: query heads g0 + r (r < kGT) of kv head kvh are
 // loaded into registers (every load issued before any use), rotated by R_k, scaled, and staged in
 // the warp's shared rows qs[kGT][D] to build the f16 A fragments (rows 8..15 zero) in the
-// head-dim order of the code bytes; FAST: qsum = sum of row gid's f16 query values.
+// head-dim order of the code bytes; FAST: qsum[j] = sum of row 2 tig + j's f16 query values.
 template <int D, int P, int KR, bool FAST>
 __device__ __forceinline__ void warp_query(const QParams& p, int b, int kvh, int g0, bool active, float* qs,
-                                           uint32_t (&qa)[D / 16][2], float& qsum) {
+                                           uint32_t (&qa)[D / 16][2], float (&qsum)[2]) {
     constexpr int E = D / 32;
     const int lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
     float x[kGT][E];
@@ -299,7 +301,8 @@ __device__ __forceinline__ void warp_query(const QParams& p, int b, int kvh, int
         if constexpr (FAST) {
 #pragma unroll
             for (int off = 16; off > 0; off >>= 1) t += __shfl_xor_sync(0xffffffffu, t, off);
-            if (r == gid) qsum = t;
+            if (r == 2 * tig) qsum[0] = t;
+            if (r == 2 * tig + 1) qsum[1] = t;
         }
     }
     __syncwarp();
@@ -315,114 +318,149 @@ __device__ __forceinline__ void warp_query(const QParams& p, int b, int kvh, int
 }
 
 // Online-softmax state of one warp: o[mt][0..1] = (d of e = 2 mt, heads 2 tig, 2 tig + 1),
-// [2..3]: e = 2 mt + 1; m, l, pz of head gid.
+// [2..3]: e = 2 mt + 1; m[j], l[j], pz[j] of head 2 tig + j (l, pz: this lane's tokens only).
 template <int D>
 struct WarpState {
     float o[D / 16][4];
-    float m, l, pz;
+    float m[2], l[2], pz[2];
     __device__ __forceinline__ void init() {
 #pragma unroll
         for (int mt = 0; mt < D / 16; ++mt) o[mt][0] = o[mt][1] = o[mt][2] = o[mt][3] = 0.f;
-        m = -INFINITY;
-        l = 0.f;
-        pz = 0.f;
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            m[j] = -INFINITY;
+            l[j] = 0.f;
+            pz[j] = 0.f;
+        }
     }
 };
 
+// Transpose of an 8 x 8 b16 matrix held as mma fragments (row = lane / 4, columns 2 (lane % 4) + {0, 1}).
+__device__ __forceinline__ uint32_t movmatrix_t(uint32_t x) {
+    uint32_t r;
+    asm("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;" : "=r"(r) : "r"(x));
+    return r;
+}
+
 // The math of one 16-token slice of one warp (tokens tok0 + r, r < 16; kcode / kmeta / vcode /
-// vmeta(r): shared-memory rows of token r). Scores S[head gid][tokens 8 nt + 2 tig + {0, 1}] by
-// mma over the dequantized K codes, online softmax, then O^T += V^T P^T. Tokens >= chunk_len are
-// masked (their V meta zeroed: the page data past the sequence end may be anything).
+// vmeta(r): shared-memory rows of token r). Scores S^T[tokens gid, gid + 8][heads 2 tig + j] by
+// one mma per 16 head-dim values with the dequantized K codes as A (M = the 16 tokens) and the
+// query as B (N = 8 heads: no zero rows), online softmax per head over the tokens (lanes of one
+// tig), P^T to the B operand of the values' mma with movmatrix, then O^T += V^T P^T. Tokens >=
+// chunk_len are masked (their V meta zeroed: the page data past the sequence end may be anything).
 template <int D, int BITS, bool FAST, class KC, class KM, class VC, class VM>
-__device__ __forceinline__ void slice_math(WarpState<D>& st, const uint32_t (&qa)[D / 16][2], float qsum,
+__device__ __forceinline__ void slice_math(WarpState<D>& st, const uint32_t (&qa)[D / 16][2], const float (&qsum)[2],
                                            float inv_sref, int tok0, int chunk_len, int meta_f16, uint32_t zero,
                                            int gk, int gv, KC kcode, KM kmeta, VC vcode, VM vmeta) {
     constexpr int CB = D * BITS / 8, P = 8 / BITS, KR = CB / 4, VR = CB / 8, NKS = D / 16;
     const int lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
     const uint32_t mg[4] = {magic2<BITS, 0>(zero), magic2<BITS, (P > 1 ? 1 : 0)>(zero),
                             magic2<BITS, (P > 2 ? 2 : 0)>(zero), magic2<BITS, (P > 3 ? 3 : 0)>(zero)};
-    float sacc[2][4];
+    // ---- keys: rows gid (rr = 0) and gid + 8 (rr = 1) of the slice
+    uint32_t w[2][KR / 4], ks2[2] = {0u, 0u}, kz2[2] = {0u, 0u};
 #pragma unroll
-    for (int nt = 0; nt < 2; ++nt) {
-        const int row = gid + 8 * nt;
-        uint32_t s2 = 0, z2 = 0;
+    for (int rr = 0; rr < 2; ++rr) {
+        const int row = gid + 8 * rr;
         if constexpr (!FAST) {
             float s, z;
             load_meta(kmeta(row), gk, meta_f16, s, z);
-            s2 = pack_h2(s, s);
-            z2 = pack_h2(z, z);
+            ks2[rr] = pack_h2(s, s);
+            kz2[rr] = pack_h2(z, z);
         }
-        uint32_t w[KR / 4];
-        load_words<KR>(kcode(row) + tig * KR, w);
-        sacc[nt][0] = sacc[nt][1] = sacc[nt][2] = sacc[nt][3] = 0.f;
+        load_words<KR>(kcode(row) + tig * KR, w[rr]);
+    }
+    float sacc[4] = {0.f, 0.f, 0.f, 0.f};  // [rr * 2 + j]: token gid + 8 rr, head 2 tig + j
 #pragma unroll
-        for (int i = 0; i < KR / 4; ++i) {
-            const uint32_t x0 = w[i], x1 = w[i] >> 8;
+    for (int i = 0; i < KR / 4; ++i) {
+        const uint32_t x00 = w[0][i], x01 = w[0][i] >> 8, x10 = w[1][i], x11 = w[1][i] >> 8;
 #pragma unroll
-            for (int k = 0; k < P; ++k) {
-                uint32_t lo, hi;
-                if (k == 0) { lo = dqx<BITS, 0, FAST>(x0, mg[0], s2, z2); hi = dqx<BITS, 0, FAST>(x1, mg[0], s2, z2); }
-                else if (k == 1) { lo = dqx<BITS, (P > 1 ? 1 : 0), FAST>(x0, mg[1], s2, z2); hi = dqx<BITS, (P > 1 ? 1 : 0), FAST>(x1, mg[1], s2, z2); }
-                else if (k == 2) { lo = dqx<BITS, (P > 2 ? 2 : 0), FAST>(x0, mg[2], s2, z2); hi = dqx<BITS, (P > 2 ? 2 : 0), FAST>(x1, mg[2], s2, z2); }
-                else { lo = dqx<BITS, (P > 3 ? 3 : 0), FAST>(x0, mg[3], s2, z2); hi = dqx<BITS, (P > 3 ? 3 : 0), FAST>(x1, mg[3], s2, z2); }
-                mma16816(sacc[nt], qa[i * P + k][0], 0u, qa[i * P + k][1], 0u, lo, hi);
+        for (int k = 0; k < P; ++k) {
+            uint32_t a0, a1, a2, a3;
+            if (k == 0) {
+                a0 = dqx<BITS, 0, FAST>(x00, mg[0], ks2[0], kz2[0]); a2 = dqx<BITS, 0, FAST>(x01, mg[0], ks2[0], kz2[0]);
+                a1 = dqx<BITS, 0, FAST>(x10, mg[0], ks2[1], kz2[1]); a3 = dqx<BITS, 0, FAST>(x11, mg[0], ks2[1], kz2[1]);
+            } else if (k == 1) {
+                constexpr int K = P > 1 ? 1 : 0;
+                a0 = dqx<BITS, K, FAST>(x00, mg[1], ks2[0], kz2[0]); a2 = dqx<BITS, K, FAST>(x01, mg[1], ks2[0], kz2[0]);
+                a1 = dqx<BITS, K, FAST>(x10, mg[1], ks2[1], kz2[1]); a3 = dqx<BITS, K, FAST>(x11, mg[1], ks2[1], kz2[1]);
+            } else if (k == 2) {
+                constexpr int K = P > 2 ? 2 : 0;
+                a0 = dqx<BITS, K, FAST>(x00, mg[2], ks2[0], kz2[0]); a2 = dqx<BITS, K, FAST>(x01, mg[2], ks2[0], kz2[0]);
+                a1 = dqx<BITS, K, FAST>(x10, mg[2], ks2[1], kz2[1]); a3 = dqx<BITS, K, FAST>(x11, mg[2], ks2[1], kz2[1]);
+            } else {
+                constexpr int K = P > 3 ? 3 : 0;
+                a0 = dqx<BITS, K, FAST>(x00, mg[3], ks2[0], kz2[0]); a2 = dqx<BITS, K, FAST>(x01, mg[3], ks2[0], kz2[0]);
+                a1 = dqx<BITS, K, FAST>(x10, mg[3], ks2[1], kz2[1]); a3 = dqx<BITS, K, FAST>(x11, mg[3], ks2[1], kz2[1]);
             }
+            mma16816(sacc, a0, a1, a2, a3, qa[i * P + k][0], qa[i * P + k][1]);
         }
     }
-    float sv[4] = {sacc[0][0], sacc[0][1], sacc[1][0], sacc[1][1]};
-    bool inval[4];
+    bool inval[2];
 #pragma unroll
-    for (int u = 0; u < 4; ++u) inval[u] = tok0 + (u >> 1) * 8 + 2 * tig + (u & 1) >= chunk_len;
-    float vs_t[4], vz_t[4];  // FAST: V {scale, zero} of this thread's 4 tokens
+    for (int rr = 0; rr < 2; ++rr) inval[rr] = tok0 + gid + 8 * rr >= chunk_len;
+    float vs_t[2] = {1.f, 1.f}, vz_t[2] = {0.f, 0.f};  // FAST: V {scale, zero} of tokens gid, gid + 8
     if constexpr (FAST) {
 #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-            const int r = (u >> 1) * 8 + 2 * tig + (u & 1);
+        for (int rr = 0; rr < 2; ++rr) {
+            const int r = gid + 8 * rr;
             float s, z;
             load_meta(kmeta(r), 0, meta_f16, s, z);
-            sv[u] = fmaf(s, sv[u], z * qsum);
-            load_meta(vmeta(r), 0, meta_f16, vs_t[u], vz_t[u]);
-            if (inval[u]) vs_t[u] = vz_t[u] = 0.f;
+            sacc[2 * rr] = fmaf(s, sacc[2 * rr], z * qsum[0]);
+            sacc[2 * rr + 1] = fmaf(s, sacc[2 * rr + 1], z * qsum[1]);
+            load_meta(vmeta(r), 0, meta_f16, vs_t[rr], vz_t[rr]);
+            if (inval[rr]) vs_t[rr] = vz_t[rr] = 0.f;
         }
     }
 #pragma unroll
-    for (int u = 0; u < 4; ++u)
-        if (inval[u]) sv[u] = -INFINITY;
-    float mx = fmaxf(fmaxf(sv[0], sv[1]), fmaxf(sv[2], sv[3]));
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-    const float mnew = fmaxf(st.m, mx);
-    if (__any_sync(0xffffffffu, mnew > st.m)) {
-        const float alpha = mnew == -INFINITY ? 1.f : ex2(st.m - mnew);
-        st.l *= alpha;
-        st.pz *= alpha;
-        const float a0 = __shfl_sync(0xffffffffu, alpha, (2 * tig) * 4);
-        const float a1 = __shfl_sync(0xffffffffu, alpha, (2 * tig + 1) * 4);
+    for (int rr = 0; rr < 2; ++rr)
+        if (inval[rr]) sacc[2 * rr] = sacc[2 * rr + 1] = -INFINITY;
+    // ---- online softmax per head 2 tig + j over the 16 tokens (the 8 lanes of this tig)
+    float mnew[2];
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+        float mx = fmaxf(sacc[j], sacc[2 + j]);
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
+        mnew[j] = fmaxf(st.m[j], mx);
+    }
+    if (__any_sync(0xffffffffu, mnew[0] > st.m[0] || mnew[1] > st.m[1])) {
+        float alpha[2];
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            alpha[j] = mnew[j] == -INFINITY ? 1.f : ex2(st.m[j] - mnew[j]);
+            st.l[j] *= alpha[j];
+            st.pz[j] *= alpha[j];
+            st.m[j] = mnew[j];
+        }
 #pragma unroll
         for (int mt = 0; mt < NKS; ++mt) {
-            st.o[mt][0] *= a0;
-            st.o[mt][1] *= a1;
-            st.o[mt][2] *= a0;
-            st.o[mt][3] *= a1;
+            st.o[mt][0] *= alpha[0];
+            st.o[mt][1] *= alpha[1];
+            st.o[mt][2] *= alpha[0];
+            st.o[mt][3] *= alpha[1];
         }
-        st.m = mnew;
     }
-    const float ms = st.m == -INFINITY ? 0.f : st.m;
     float pv[4];
 #pragma unroll
-    for (int u = 0; u < 4; ++u) {
-        pv[u] = ex2(sv[u] - ms);
-        st.l += pv[u];
+    for (int j = 0; j < 2; ++j) {
+        const float ms = st.m[j] == -INFINITY ? 0.f : st.m[j];
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+            pv[2 * rr + j] = ex2(sacc[2 * rr + j] - ms);
+            st.l[j] += pv[2 * rr + j];
+            if constexpr (FAST) st.pz[j] = fmaf(pv[2 * rr + j], vz_t[rr], st.pz[j]);
+        }
     }
+    // P (tokens x heads, C layout) -> P^T as the B operand (tokens 2 tig.. of head gid)
     uint32_t pb0, pb1;
     if constexpr (FAST) {
-#pragma unroll
-        for (int u = 0; u < 4; ++u) st.pz = fmaf(pv[u], vz_t[u], st.pz);
-        pb0 = pack_h2(pv[0] * (vs_t[0] * inv_sref), pv[1] * (vs_t[1] * inv_sref));
-        pb1 = pack_h2(pv[2] * (vs_t[2] * inv_sref), pv[3] * (vs_t[3] * inv_sref));
+        const float f0 = vs_t[0] * inv_sref, f1 = vs_t[1] * inv_sref;
+        pb0 = movmatrix_t(pack_h2(pv[0] * f0, pv[1] * f0));
+        pb1 = movmatrix_t(pack_h2(pv[2] * f1, pv[3] * f1));
     } else {
-        pb0 = pack_h2(pv[0], pv[1]);
-        pb1 = pack_h2(pv[2], pv[3]);
+        pb0 = movmatrix_t(pack_h2(pv[0], pv[1]));
+        pb1 = movmatrix_t(pack_h2(pv[2], pv[3]));
     }
 
     // ---- values: A fragments of V^T from token pairs (2 tig, 2 tig + 1), (+8, +9)
@@ -435,8 +473,8 @@ __device__ __forceinline__ void slice_math(WarpState<D>& st, const uint32_t (&qa
             float sa, za, sbb, zb;
             load_meta(vmeta(ra), gv, meta_f16, sa, za);
             load_meta(vmeta(ra + 1), gv, meta_f16, sbb, zb);
-            if (inval[2 * qq]) sa = za = 0.f;
-            if (inval[2 * qq + 1]) sbb = zb = 0.f;
+            if (tok0 + ra >= chunk_len) sa = za = 0.f;
+            if (tok0 + ra + 1 >= chunk_len) sbb = zb = 0.f;
             s2 = pack_h2(sa, sbb);
             z2 = pack_h2(za, zb);
         }
@@ -478,14 +516,20 @@ __device__ __forceinline__ void warp_epilogue(const QParams& p, int b, int c, in
     constexpr int E = D / 32;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
     const int n = p.n, G = p.G;
-    float l = st.l, pz = st.pz;
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
-    pz += __shfl_xor_sync(0xffffffffu, pz, 1);
-    pz += __shfl_xor_sync(0xffffffffu, pz, 2);
+    // l, pz of heads 2 tig + j over the slice's 16 token rows (the 8 lanes of this tig)
+    float l[2], pz[2];
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+        l[j] = st.l[j];
+        pz[j] = st.pz[j];
+#pragma unroll
+        for (int off = 4; off < 32; off <<= 1) {
+            l[j] += __shfl_xor_sync(0xffffffffu, l[j], off);
+            pz[j] += __shfl_xor_sync(0xffffffffu, pz[j], off);
+        }
+    }
     // FAST: o = s_ref * (sum P' c) + sum p z, per column head 2 tig + {0, 1}
-    const float pz0 = __shfl_sync(0xffffffffu, pz, (2 * tig) * 4);
-    const float pz1 = __shfl_sync(0xffffffffu, pz, (2 * tig + 1) * 4);
+    const float pz0 = pz[0], pz1 = pz[1];
     if (active) {
         float* slot = red_o + warp * kGT * D;
 #pragma unroll
@@ -503,9 +547,12 @@ __device__ __forceinline__ void warp_epilogue(const QParams& p, int b, int c, in
                 }
             }
         }
-        if (tig == 0) {
-            red_m[warp * kGT + gid] = st.m;
-            red_l[warp * kGT + gid] = l;
+        if (gid == 0) {
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                red_m[warp * kGT + 2 * tig + j] = st.m[j];
+                red_l[warp * kGT + 2 * tig + j] = l[j];
+            }
         }
     }
     if (wph > 1) __syncthreads();  // CTA-uniform
@@ -588,7 +635,7 @@ __global__ void __launch_bounds__(kThreads) qdecode_kernel(const QParams p) {
     const int n = p.n;
 
     uint32_t qa[D / 16][2];
-    float qsum = 0.f;  // FAST: sum of head gid's f16 query
+    float qsum[2] = {0.f, 0.f};  // FAST: sums of heads 2 tig, 2 tig + 1's f16 query
     float s_ref = 1.f, inv_sref = 1.f;
     if constexpr (FAST) fast_ref_scale(p, kvh, checked_page_id(pages[0], p.num_pages, bad_page), s_ref, inv_sref);
     warp_query<D, P, KR, FAST>(p, b, kvh, h0, true, reinterpret_cast<float*>(smem) + warp * kGT * D, qa, qsum);
@@ -764,7 +811,7 @@ __global__ void __launch_bounds__(kPThreads, 2) qdecode_pages_kernel(const QPara
     const int PB = q * (CB + MB);
 
     uint32_t qa[D / 16][2];
-    float qsum = 0.f;
+    float qsum[2] = {0.f, 0.f};
     float s_ref = 1.f, inv_sref = 1.f;
     if constexpr (FAST) fast_ref_scale(p, kvh, checked_page_id(pages[0], p.num_pages, bad_page), s_ref, inv_sref);
     // per-warp query rows (the warps of one head each build their own copy: no block barrier)
