@@ -130,17 +130,7 @@ class SyntheticKvTest {
         SyntheticKv flat = base().sinkTokens(0).relevantTokens(0).ropeBase(0).build();
         float[] a = rope.k(), b = flat.k();
         for (int t : new int[] {1, 7, 100, 2000}) {
-            int off = (t * KV + 1) * D;
-            double na = 0, nb = 0;
-            for (int c = 0; c < D; c++) {
-                na += a[off + c] * a[off + c];
-                nb += b[off + c] * b[off + c];
-            }
-            assertEquals(nb, na, 1e-4 * nb, "RoPE keeps the norm");
-            // pair 0 (channels 0 and D/2) turns by t radians
-            double angle = Math.atan2(a[off + D / 2], a[off]) - Math.atan2(b[off + D / 2], b[off]);
-            double diff = Math.IEEEremainder(angle - t, 2 * Math.PI);
-            assertEquals(0, diff, 1e-3, "token " + t);
+            assertRotatedBy(a, b, (t * KV + 1) * D, t, "token " + t);
         }
     }
 
@@ -223,16 +213,7 @@ class SyntheticKvTest {
         assertArrayEquals(Arrays.copyOf(b, QO * D), Arrays.copyOf(a, QO * D));
         for (int i = 0; i < pos.length; i++) {
             for (int h : new int[] {0, QO - 1}) {
-                int off = (i * QO + h) * D;
-                double na = 0, nb = 0;
-                for (int c = 0; c < D; c++) {
-                    na += a[off + c] * a[off + c];
-                    nb += b[off + c] * b[off + c];
-                }
-                assertEquals(nb, na, 1e-4 * nb, "RoPE keeps the norm");
-                // pair 0 (channels 0 and D/2) turns by pos radians
-                double angle = Math.atan2(a[off + D / 2], a[off]) - Math.atan2(b[off + D / 2], b[off]);
-                assertEquals(0, Math.IEEEremainder(angle - pos[i], 2 * Math.PI), 1e-3, "position " + pos[i]);
+                assertRotatedBy(a, b, (i * QO + h) * D, pos[i], "position " + pos[i]);
             }
         }
     }
@@ -255,5 +236,20 @@ class SyntheticKvTest {
         assertTrue(e.getMessage().contains("qoHeads 6"), e.getMessage());
         assertThrows(Attn4jException.class, () -> SyntheticKv.builder().headDim(7).build());
         assertThrows(Attn4jException.class, () -> SyntheticKv.builder().tokens(0).build());
+    }
+
+    /**
+     * Row {@code off} of {@code rotated} is row {@code off} of {@code flat} under RoPE at position
+     * {@code pos}: same norm, and pair 0 (channels 0 and D/2, frequency 1) turned by {@code pos} radians.
+     */
+    private static void assertRotatedBy(float[] rotated, float[] flat, int off, long pos, String what) {
+        double na = 0, nb = 0;
+        for (int c = 0; c < D; c++) {
+            na += rotated[off + c] * rotated[off + c];
+            nb += flat[off + c] * flat[off + c];
+        }
+        assertEquals(nb, na, 1e-4 * nb, what + ": RoPE keeps the norm");
+        double angle = Math.atan2(rotated[off + D / 2], rotated[off]) - Math.atan2(flat[off + D / 2], flat[off]);
+        assertEquals(0, Math.IEEEremainder(angle - pos, 2 * Math.PI), 1e-3, what);
     }
 }
