@@ -260,8 +260,8 @@ __device__ __forceinline__ void warp_matmul(const float* xs, const float* R, boo
 
 // Query prologue of one warp, no block barrier: query heads g0 + r (r < kGT) of kv head kvh are
 // loaded into registers (every load issued before any use), rotated by R_k, scaled, and staged in
-// the warp's shared rows qs[kGT][D] to build the f16 A fragments (rows 8..15 zero) in the
-// head-dim order of the code bytes; FAST: qsum[j] = sum of row 2 tig + j's f16 query values.
+// the warp's shared rows qs[kGT][D] to build the f16 B fragments of the score mma (the kGT heads
+// as N) in the head-dim order of the code bytes; FAST: qsum[j] = sum of row 2 tig + j's f16 query values.
 template <int D, int P, int KR, bool FAST>
 __device__ __forceinline__ void warp_query(const QParams& p, int b, int kvh, int g0, bool active, float* qs,
                                            uint32_t (&qa)[D / 16][2], float (&qsum)[2]) {
