@@ -84,16 +84,7 @@ public:
         if (e != cudaSuccess) cuda_fail(e, S(function) + ": staging the tile list on cuda:" + std::to_string(device_));
 
         cuda::PrefillParams p{};
-        p.q = a.q.data;
-        p.q_row = a.q.row_stride;
-        p.q_head = a.q.head_stride;
-        p.out = a.out.data;
-        p.o_row = a.out.row_stride;
-        p.o_head = a.out.head_stride;
-        p.out_dtype = a.out.dtype;
-        p.lse = a.lse.data;
-        p.lse_row = a.lse.row_stride;
-        p.lse_head = a.lse.head_stride;
+        cuda::fill_io(p, a.q, a.out, a.lse);
         p.qo_indptr = d;
         p.tiles = reinterpret_cast<const cuda::PrefillTile*>(d + batch + 1 + n_kv);
         p.num_tiles = int(tiles_.size());

@@ -22,6 +22,7 @@
 #include <type_traits>
 
 #include "core/error.h"
+#include "cuda/attn_io.cuh"
 
 namespace attn4j::cuda {
 namespace {
@@ -38,13 +39,7 @@ constexpr int kTok = ATTN4J_CUDA_DECODE_TOK;        // tokens per token group pe
 constexpr float kLn2 = 0.6931471805599453f;
 constexpr float kLog2e = 1.4426950408889634f;
 
-struct Params {
-    const void* q;
-    int64_t q_row, q_head;
-    void* out;
-    int64_t o_row, o_head;
-    float* lse;
-    int64_t lse_row, lse_head;
+struct Params : AttnIo {
     const void* k;
     const void* v;
     const int* indptr;
@@ -53,7 +48,6 @@ struct Params {
     float* ws_o;    // [batch * num_chunks * num_qo_heads][D], normalised partial outputs
     float* ws_lse;  // [batch * num_chunks * num_qo_heads], log2 domain
     float scale_log2;
-    int q_dtype, out_dtype;
     int batch, num_qo_heads, num_kv_heads, group, num_head_tiles;
     int page_size, page_shift;  // page_shift >= 0 when page_size is a power of two
     int num_chunks, min_chunk_pages;
@@ -474,17 +468,7 @@ public:
         if ((reinterpret_cast<uintptr_t>(a.kv.k) | reinterpret_cast<uintptr_t>(a.kv.v)) & 15)
             return cudaErrorMisalignedAddress;
         Params p{};
-        p.q = a.q.data;
-        p.q_row = a.q.row_stride;
-        p.q_head = a.q.head_stride;
-        p.q_dtype = a.q.dtype;
-        p.out = a.out.data;
-        p.o_row = a.out.row_stride;
-        p.o_head = a.out.head_stride;
-        p.out_dtype = a.out.dtype;
-        p.lse = a.lse.data;
-        p.lse_row = a.lse.row_stride;
-        p.lse_head = a.lse.head_stride;
+        fill_io(p, a.q, a.out, a.lse);
         p.k = a.kv.k;
         p.v = a.kv.v;
         p.indptr = a.table.indptr;

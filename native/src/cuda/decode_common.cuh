@@ -18,6 +18,7 @@
 
 #include "core/error.h"
 #include "core/kernel_args.h"
+#include "cuda/attn_io.cuh"
 #include "cuda/table_check.cuh"
 
 namespace attn4j::cuda::detail {
@@ -26,20 +27,13 @@ constexpr float kLn2 = 0.6931471805599453f;
 constexpr float kLog2e = 1.4426950408889634f;
 
 // Launch parameters common to the decode kernels and the merge kernel.
-struct DecodeParamsBase {
-    const void* q;
-    int64_t q_row, q_head;
-    void* out;
-    int64_t o_row, o_head;
-    float* lse;
-    int64_t lse_row, lse_head;
+struct DecodeParamsBase : AttnIo {
     const int* indptr;
     const int* indices;
     const int* last_page_len;
     float* ws_o;    // [batch * num_chunks * num_qo_heads][D], normalised partial outputs
     float* ws_lse;  // [batch * num_chunks * num_qo_heads], log2 domain
     float scale_log2;
-    int q_dtype, out_dtype;
     int batch, num_qo_heads, num_kv_heads, group, num_head_tiles;
     int page_size, page_shift;  // page_shift >= 0 when page_size is a power of two
     int num_chunks, min_chunk_pages;
@@ -224,17 +218,7 @@ inline int split_chunks(int64_t units, int64_t target, int force) {
 inline void fill_common(DecodeParamsBase& p, const DecodeArgs& a, const TableCheck& check, int num_head_tiles,
                         int num_chunks, int min_chunk_tokens, bool forced, float* ws, size_t ws_lse_offset,
                         int head_dim) {
-    p.q = a.q.data;
-    p.q_row = a.q.row_stride;
-    p.q_head = a.q.head_stride;
-    p.q_dtype = a.q.dtype;
-    p.out = a.out.data;
-    p.o_row = a.out.row_stride;
-    p.o_head = a.out.head_stride;
-    p.out_dtype = a.out.dtype;
-    p.lse = a.lse.data;
-    p.lse_row = a.lse.row_stride;
-    p.lse_head = a.lse.head_stride;
+    fill_io(p, a.q, a.out, a.lse);
     p.indptr = a.table.indptr;
     p.indices = a.table.indices;
     p.last_page_len = a.table.last_page_len;

@@ -18,6 +18,7 @@
 #include <cstdint>
 
 #include "attn4j.h"
+#include "cuda/attn_io.cuh"
 
 namespace attn4j::cuda {
 
@@ -37,13 +38,7 @@ struct PrefillTile {
     int32_t q_start;
 };
 
-struct PrefillParams {
-    const void* q;
-    int64_t q_row, q_head;  // strides in elements
-    void* out;
-    int64_t o_row, o_head;
-    float* lse;  // nullptr: not requested; natural log
-    int64_t lse_row, lse_head;
+struct PrefillParams : AttnIo {  // lse: natural log
     const int* qo_indptr;  // device, [batch + 1]
     const PrefillTile* tiles;
     int num_tiles;
@@ -63,7 +58,6 @@ struct PrefillParams {
     int num_qo_heads, group;
     float scale_log2;  // sm_scale * log2(e)
     int causal;
-    int out_dtype;
     int warps;  // CTA shape from prefill_warps(), the one the tiles were cut for
 };
 

@@ -551,11 +551,7 @@ final class BenchCommand implements Callable<Integer> {
     }
 
     private static Map<String, Object> times(Times t) {
-        Map<String, Object> m = new LinkedHashMap<>();
-        m.put("median", t.median());
-        m.put("p10", t.p10());
-        m.put("p90", t.p90());
-        m.put("min", t.min());
+        Map<String, Object> m = Util.timesRecord(t.median(), t.p10(), t.p90(), t.min());
         m.put("runs", t.runs());
         return m;
     }

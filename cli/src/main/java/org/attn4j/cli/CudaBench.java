@@ -664,11 +664,7 @@ final class CudaBench {
     }
 
     private static Map<String, Object> times(Times t) {
-        Map<String, Object> m = new LinkedHashMap<>();
-        m.put("median", t.median());
-        m.put("p10", t.p10());
-        m.put("p90", t.p90());
-        m.put("min", t.min());
+        Map<String, Object> m = Util.timesRecord(t.median(), t.p10(), t.p90(), t.min());
         m.put("samples", t.samples());
         m.put("runs_per_sample", t.runsPerSample());
         return m;

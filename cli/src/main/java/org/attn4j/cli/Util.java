@@ -2,6 +2,8 @@ package org.attn4j.cli;
 
 import java.io.Console;
 import java.util.Arrays;
+import java.util.LinkedHashMap;
+import java.util.Map;
 import java.util.Random;
 
 import org.attn4j.Tensor;
@@ -55,6 +57,16 @@ final class Util {
     }
 
     /** Percentile (0..100) of sorted values, linear interpolation. */
+    /** The JSON record of a timing (CPU and GPU benches): median, p10, p90, min; callers add their counts. */
+    static Map<String, Object> timesRecord(double median, double p10, double p90, double min) {
+        Map<String, Object> m = new LinkedHashMap<>();
+        m.put("median", median);
+        m.put("p10", p10);
+        m.put("p90", p90);
+        m.put("min", min);
+        return m;
+    }
+
     static double percentile(double[] sorted, double p) {
         if (sorted.length == 0) {
             return Double.NaN;
