@@ -49,12 +49,7 @@ final class Charts {
             }
             charts.add(c);
         }
-        if (charts.isEmpty()) {
-            return;
-        }
-        String name = file.toString();
-        String stem = name.endsWith(".png") ? name.substring(0, name.length() - 4) : name;
-        BitmapEncoder.saveBitmap(charts, 1, charts.size(), stem, BitmapEncoder.BitmapFormat.PNG);
+        save(charts, file);
     }
 
     /**
@@ -92,12 +87,7 @@ final class Charts {
             }
             charts.add(c);
         }
-        if (charts.isEmpty()) {
-            return;
-        }
-        String name = file.toString();
-        String stem = name.endsWith(".png") ? name.substring(0, name.length() - 4) : name;
-        BitmapEncoder.saveBitmap(charts, 1, charts.size(), stem, BitmapEncoder.BitmapFormat.PNG);
+        save(charts, file);
     }
 
     private static CategoryChart chart(String title, String yTitle) {
@@ -131,5 +121,15 @@ final class Charts {
             out.add(o instanceof Number n ? n : null);
         }
         return out;
+    }
+
+    /** Writes the charts side by side into one PNG ({@code file}; nothing when there are none). */
+    private static void save(List<CategoryChart> charts, Path file) throws IOException {
+        if (charts.isEmpty()) {
+            return;
+        }
+        String name = file.toString();
+        String stem = name.endsWith(".png") ? name.substring(0, name.length() - 4) : name;
+        BitmapEncoder.saveBitmap(charts, 1, charts.size(), stem, BitmapEncoder.BitmapFormat.PNG);
     }
 }
