@@ -22,14 +22,17 @@ public final class DecodePlan extends Plan {
     private final MemorySegment lseDesc;
     private final MemorySegment segmentCaches;
     private final MemorySegment segmentTables;
+    private final Tensor lseScratch; // LSE of tiered runs given no lse: salient-token probes need it
 
     DecodePlan(Builder b) {
         super(b.lib, b.config(false, true), Attn4jNative::attn4j_decode_plan_create, "decode plan");
         qDesc = attn4j_tensor.allocate(arena);
         outDesc = attn4j_tensor.allocate(arena);
         lseDesc = attn4j_tensor.allocate(arena);
-        segmentCaches = attn4j_paged_kv.allocateArray(2, arena);
-        segmentTables = attn4j_page_table.allocateArray(2, arena);
+        segmentCaches = attn4j_paged_kv.allocateArray(3, arena);
+        segmentTables = attn4j_page_table.allocateArray(3, arena);
+        lseScratch = device.kind() == Device.Kind.CPU
+                ? Tensor.allocate(arena, DType.F32, config.maxBatch(), config.qoHeads()) : null;
     }
 
     /** Builder for decode plans; see {@link Attention#decode(Attn4j)}. */
@@ -90,9 +93,10 @@ public final class DecodePlan extends Plan {
 
     /**
      * Decodes one step against a mixed-precision cache: each sequence attends to its quantized
-     * middle and its BF16 sinks and window, merged by log-sum-exp in the same native call. The
-     * plan is made {@linkplain Builder#forCache(TieredKvCache) for the cache}. {@code lse} may be
-     * null.
+     * middle, its BF16 sinks and window and its salient tokens, merged by log-sum-exp in the same
+     * native call. The plan is made {@linkplain Builder#forCache(TieredKvCache) for the cache}.
+     * {@code lse} may be null. With salient tokens on, the queries and their log-sum-exp are
+     * recorded as the cache's probes ({@code q} is then read back from host memory).
      */
     public void run(Tensor q, TieredKvCache cache, int layer, TieredKvCache.Tables tables, Tensor out, Tensor lse) {
         MemorySegment plan = handle();
@@ -102,24 +106,41 @@ public final class DecodePlan extends Plan {
         if (tables == null) {
             throw Attn4jException.invalid("tables: null");
         }
+        if (tables.owner != cache) {
+            throw Attn4jException.invalid("tables: made by another tiered cache");
+        }
         if (device.kind() != Device.Kind.CPU) {
             throw new Attn4jException(Status.UNSUPPORTED, "cache: tiered caches decode on CPU only, this plan runs on "
                     + device);
         }
         long kvSize = attn4j_paged_kv.sizeof();
         long tSize = attn4j_page_table.sizeof();
+        int segments = cache.salient() == null ? 2 : 3;
         MemorySegment.copy(cache.quantized().layerStruct(layer), 0, segmentCaches, 0, kvSize);
         MemorySegment.copy(cache.precise().layerStruct(layer), 0, segmentCaches, kvSize, kvSize);
         MemorySegment.copy(tables.quantized.nativeStruct("tables.quantized"), 0, segmentTables, 0, tSize);
         MemorySegment.copy(tables.precise.nativeStruct("tables.precise"), 0, segmentTables, tSize, tSize);
+        if (segments == 3) {
+            MemorySegment.copy(cache.salient().layerStruct(layer), 0, segmentCaches, 2 * kvSize, kvSize);
+            MemorySegment.copy(tables.salient.nativeStruct("tables.salient"), 0, segmentTables, 2 * tSize, tSize);
+        }
         NativeTensor.fill(qDesc, q, "q", device);
         NativeTensor.fill(outDesc, out, "out", device);
+        Tensor lseOut = lse != null ? lse : segments == 3 ? lseScratch : null;
         MemorySegment l = MemorySegment.NULL;
-        if (lse != null) {
-            NativeTensor.fill(lseDesc, lse, "lse", device);
+        if (lseOut != null) {
+            NativeTensor.fill(lseDesc, lseOut, lse != null ? "lse" : "lse (plan scratch)", device);
+            if (lse == null) {
+                attn4j_tensor.shape(lseDesc, 0, q.shape(0)); // the scratch has maxBatch rows
+            }
             l = lseDesc;
         }
-        Native.check(Attn4jNative.attn4j_decode_run_segments(plan, qDesc, 2, segmentCaches, segmentTables, outDesc,
-                l), "decode");
+        Native.check(Attn4jNative.attn4j_decode_run_segments(plan, qDesc, segments, segmentCaches, segmentTables,
+                outDesc, l), "decode");
+        if (segments == 3) {
+            for (int i = 0; i < tables.batch; i++) {
+                cache.recordDecode(tables.seqs[i], layer, q, lseOut, i, config.scale());
+            }
+        }
     }
 }

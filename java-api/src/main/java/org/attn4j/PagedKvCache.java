@@ -9,6 +9,7 @@ import org.attn4j.bindings.Attn4jNative;
 import org.attn4j.bindings.attn4j_kv_quant;
 import org.attn4j.bindings.attn4j_paged_kv;
 import org.attn4j.bindings.attn4j_tensor;
+import org.attn4j.internal.Floats;
 import org.attn4j.internal.HugePages;
 import org.attn4j.internal.Native;
 import org.attn4j.quant.Calibration;
@@ -49,6 +50,8 @@ public final class PagedKvCache implements AutoCloseable {
     private final MemorySegment[] layerStructs;
     private final MemorySegment kDesc;
     private final MemorySegment vDesc;
+    private MemorySegment gatherK; // rows gathered from a page by writeFromPage, made on first use
+    private MemorySegment gatherV;
 
     private final int[] freePages;
     private int freeTop;
@@ -602,28 +605,69 @@ public final class PagedKvCache implements AutoCloseable {
     }
 
     /**
-     * Writes layer {@code layer} of reservation {@code r} (exactly one page of tokens) from page
-     * {@code srcPage} of the same layer of {@code src}, a float cache of the same geometry,
-     * converting or quantizing on write. Allocates nothing: the move of an aged window page of a
-     * {@link TieredKvCache}.
+     * Writes layer {@code layer} of reservation {@code r} from page {@code srcPage} of the same
+     * layer of {@code src}, a float cache of the same geometry, converting or quantizing on write:
+     * tokens {@code tokens[0 .. n)} of the page (ascending indices), or the whole page when
+     * {@code tokens} is null; {@code r} holds exactly those tokens. Allocates nothing after the
+     * first gather: the moves of an aged window page of a {@link TieredKvCache}.
      */
-    void writeFromPage(int layer, Reservation r, PagedKvCache src, int srcPage) {
+    void writeFromPage(int layer, Reservation r, PagedKvCache src, int srcPage, int[] tokens, int n) {
         checkOpen();
         checkLayer(layer);
         if (r == null || r.cache != this || r.generation != generation || r.rolledBack) {
             throw Attn4jException.invalid("reservation: not a live reservation of this cache");
         }
+        int rows = tokens == null ? pageSize : n;
         if (src.format.isQuantized() || src.kvHeads != kvHeads || src.headDim != headDim || src.pageSize != pageSize
-                || r.totalTokens != pageSize) {
+                || r.totalTokens != rows || rows <= 0 || rows > pageSize) {
             throw new Attn4jException(Status.INTERNAL, "writeFromPage: source cache or reservation does not match");
         }
         long off = srcPage * src.pageBytes;
-        NativeTensor.fillView(kDesc, src.kSlabs[layer], off, src.dtype, pageSize, kvHeads, headDim, headDim,
-                (long) pageSize * headDim);
-        NativeTensor.fillView(vDesc, src.vSlabs[layer], off, src.dtype, pageSize, kvHeads, headDim, headDim,
-                (long) pageSize * headDim);
+        if (tokens == null) {
+            NativeTensor.fillView(kDesc, src.kSlabs[layer], off, src.dtype, pageSize, kvHeads, headDim, headDim,
+                    (long) pageSize * headDim);
+            NativeTensor.fillView(vDesc, src.vSlabs[layer], off, src.dtype, pageSize, kvHeads, headDim, headDim,
+                    (long) pageSize * headDim);
+        } else {
+            // Gather the chosen rows into [n, kvHeads, headDim] (pages are [kvHeads, pageSize, headDim]).
+            long rowBytes = (long) headDim * src.dtype.byteSize();
+            if (gatherK == null || gatherK.byteSize() < (long) pageSize * kvHeads * rowBytes) {
+                gatherK = arena.allocate((long) pageSize * kvHeads * rowBytes, 64);
+                gatherV = arena.allocate((long) pageSize * kvHeads * rowBytes, 64);
+            }
+            for (int i = 0; i < n; i++) {
+                for (int h = 0; h < kvHeads; h++) {
+                    long from = off + ((long) h * pageSize + tokens[i]) * rowBytes;
+                    long to = ((long) i * kvHeads + h) * rowBytes;
+                    MemorySegment.copy(src.kSlabs[layer], from, gatherK, to, rowBytes);
+                    MemorySegment.copy(src.vSlabs[layer], from, gatherV, to, rowBytes);
+                }
+            }
+            NativeTensor.fillView(kDesc, gatherK, 0, src.dtype, n, kvHeads, headDim, (long) kvHeads * headDim, headDim);
+            NativeTensor.fillView(vDesc, gatherV, 0, src.dtype, n, kvHeads, headDim, (long) kvHeads * headDim, headDim);
+        }
         Native.check(Attn4jNative.attn4j_paged_kv_append(lib.handle(), layerStructs[layer],
                 r.table.nativeStruct("reservation.table"), r.appendIndptrDesc, kDesc, vDesc), "write");
+    }
+
+    /** The keys of page {@code page} of layer {@code layer} (a host float cache) as floats [kvHeads][pageSize][headDim]. */
+    void pageKeys(int layer, int page, float[] dst) {
+        checkOpen();
+        checkLayer(layer);
+        if (format.isQuantized() || deviceArena != null) {
+            throw new Attn4jException(Status.INTERNAL, "pageKeys: needs a host float cache");
+        }
+        MemorySegment slab = kSlabs[layer];
+        long base = page * pageBytes;
+        int n = kvHeads * pageSize * headDim;
+        for (int i = 0; i < n; i++) {
+            dst[i] = switch (dtype) {
+                case BF16 -> Floats.fromBf16(slab.get(ValueLayout.JAVA_SHORT_UNALIGNED, base + 2L * i));
+                case F16 -> Floats.fromF16(slab.get(ValueLayout.JAVA_SHORT_UNALIGNED, base + 2L * i));
+                case F32 -> slab.get(ValueLayout.JAVA_FLOAT_UNALIGNED, base + 4L * i);
+                default -> throw new IllegalStateException("unreachable: float cache of " + dtype);
+            };
+        }
     }
 
     // ---- package-private, for plans ----

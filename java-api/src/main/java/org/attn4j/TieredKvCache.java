@@ -19,16 +19,34 @@ import org.attn4j.quant.Calibration;
  * {@code window + pageSize - 1} tokens. Sequence ids are the same in both parts. A step (reserve,
  * write, fill tables, decode) allocates nothing on the Java heap, moves included. Not
  * thread-safe.
+ *
+ * <p><b>Salient tokens</b> ({@link Builder#salient}, ZipCache-style): a third, BF16 part keeps the
+ * middle tokens that recent queries attended to. Each tiered decode run records its queries and
+ * their log-sum-exp as probes (the last {@link Builder#probes} per sequence and layer; for a
+ * prompt, give its last queries with {@link #observe}). When window pages move, their tokens are
+ * scored by the attention probability the probes gave them, relative to a uniform share (averaged
+ * over probes, query heads and layers); tokens above the uniform share are kept in BF16, the
+ * highest first, while the salient part holds at most {@code fraction} of the sequence's middle
+ * tokens (unused budget carries over to later moves). A token slot holds every layer and KV head,
+ * so the choice is made for all of them at once. Decode then reads three segments.
  */
 public final class TieredKvCache implements AutoCloseable {
     private final PagedKvCache precise;
     private final PagedKvCache quantized;
+    private final PagedKvCache salient; // null unless Builder.salient
+    private final TokenSalience salience; // null unless Builder.salient
+    private final double salientFraction;
     private final int sinks;
     private final int window;
     private final int sinkPages;
     private final PagedKvCache.Reservation move;
+    private final PagedKvCache.Reservation moveSalient;
     private final int[] one = new int[1];
     private final int[] pageCount = new int[1];
+    private float[] scores = new float[0]; // salience of the tokens moving, grown as needed
+    private float[] ranked = new float[0];
+    private final int[] keep; // token indices of one page: salient ones, then the rest
+    private final int[] rest;
 
     private TieredKvCache(Builder b) {
         this.sinks = b.sinks;
@@ -36,21 +54,35 @@ public final class TieredKvCache implements AutoCloseable {
         this.sinkPages = b.sinks / b.pageSize;
         PagedKvCache p = null;
         PagedKvCache q = null;
+        PagedKvCache s = null;
         try {
             p = PagedKvCache.builder(b.lib).layers(b.layers).kvHeads(b.kvHeads).headDim(b.headDim)
                     .pageSize(b.pageSize).numPages(b.precisePages).dtype(DType.BF16).build();
             q = PagedKvCache.builder(b.lib).layers(b.layers).kvHeads(b.kvHeads).headDim(b.headDim)
                     .pageSize(b.pageSize).numPages(b.quantizedPages).format(b.format).calibration(b.calibration)
                     .build();
+            if (b.salientPages > 0) {
+                s = PagedKvCache.builder(b.lib).layers(b.layers).kvHeads(b.kvHeads).headDim(b.headDim)
+                        .pageSize(b.pageSize).numPages(b.salientPages).dtype(DType.BF16).build();
+            }
         } catch (RuntimeException e) {
-            if (p != null) {
-                p.close();
+            for (PagedKvCache c : new PagedKvCache[] {p, q}) {
+                if (c != null) {
+                    c.close();
+                }
             }
             throw e;
         }
         this.precise = p;
         this.quantized = q;
-        this.move = q.newReservation(1, b.quantizedPages);
+        this.salient = s;
+        this.salientFraction = b.salientFraction;
+        this.salience = s == null ? null : new TokenSalience(b.layers, b.kvHeads, b.headDim, b.pageSize, b.probes);
+        // One page id more than the part holds, so a full part fails as out of pages, not as a small reservation.
+        this.move = q.newReservation(1, b.quantizedPages + 1);
+        this.moveSalient = s == null ? null : s.newReservation(1, b.salientPages + 1);
+        this.keep = new int[b.pageSize];
+        this.rest = new int[b.pageSize];
     }
 
     public static Builder builder(Attn4j lib) {
@@ -70,6 +102,9 @@ public final class TieredKvCache implements AutoCloseable {
         private Calibration calibration;
         private int sinks = 64;
         private int window = 256;
+        private double salientFraction;
+        private int salientPages;
+        private int probes = 16;
 
         private Builder(Attn4j lib) {
             if (lib == null) {
@@ -129,6 +164,23 @@ public final class TieredKvCache implements AutoCloseable {
             return this;
         }
 
+        /**
+         * Keeps salient middle tokens in BF16 (see the class comment): at most {@code fraction}
+         * (0 < fraction <= 1; 0.05 is a good start) of each sequence's middle tokens, in a third
+         * part of {@code pages} BF16 pages shared by all sequences.
+         */
+        public Builder salient(double fraction, int pages) {
+            this.salientFraction = fraction;
+            this.salientPages = pages;
+            return this;
+        }
+
+        /** Probe queries remembered per sequence and layer for {@link #salient} (default 16; each costs qoHeads x headDim floats per layer and sequence). */
+        public Builder probes(int probes) {
+            this.probes = probes;
+            return this;
+        }
+
         public TieredKvCache build() {
             if (lib.device().kind() != Device.Kind.CPU) {
                 throw new Attn4jException(Status.UNSUPPORTED, "lib: tiered KV caches run on CPU only (the CUDA decode "
@@ -148,6 +200,17 @@ public final class TieredKvCache implements AutoCloseable {
             if (window < 0) {
                 throw Attn4jException.invalid("window: must be >= 0, got " + window);
             }
+            if (salientPages != 0 || salientFraction != 0) {
+                if (!(salientFraction > 0 && salientFraction <= 1)) {
+                    throw Attn4jException.invalid("salient: fraction must be in (0, 1], got " + salientFraction);
+                }
+                if (salientPages <= 0) {
+                    throw Attn4jException.invalid("salient: pages must be > 0, got " + salientPages);
+                }
+            }
+            if (probes <= 0 || probes > 1024) {
+                throw Attn4jException.invalid("probes: must be in 1..1024, got " + probes);
+            }
             return new TieredKvCache(this);
         }
     }
@@ -160,6 +223,16 @@ public final class TieredKvCache implements AutoCloseable {
     /** The quantized part: the middle tokens. */
     public PagedKvCache quantized() {
         return quantized;
+    }
+
+    /** The salient part (BF16 middle tokens), or null when {@link Builder#salient} is off. */
+    public PagedKvCache salient() {
+        return salient;
+    }
+
+    /** The most middle tokens of a sequence kept in BF16, as a fraction (0 when salient tokens are off). */
+    public double salientFraction() {
+        return salientFraction;
     }
 
     public int sinks() {
@@ -178,13 +251,24 @@ public final class TieredKvCache implements AutoCloseable {
     public int newSequence() {
         int a = precise.newSequence();
         int b = quantized.newSequence();
-        if (a != b) {
+        int c = salient == null ? a : salient.newSequence();
+        if (a != b || a != c) {
             precise.free(a);
             quantized.free(b);
-            throw new Attn4jException(Status.INTERNAL, "cache: sequence ids of the two parts diverged (" + a + " vs "
-                    + b + "); please report");
+            if (salient != null) {
+                salient.free(c);
+            }
+            throw diverged(a, b, c);
+        }
+        if (salience != null) {
+            salience.clear(a);
         }
         return a;
+    }
+
+    private static Attn4jException diverged(int a, int b, int c) {
+        return new Attn4jException(Status.INTERNAL, "cache: sequence ids of the parts diverged (" + a + ", " + b
+                + ", " + c + "); please report");
     }
 
     /**
@@ -200,18 +284,33 @@ public final class TieredKvCache implements AutoCloseable {
             precise.free(a);
             throw e;
         }
-        if (a != b) {
+        int c = a;
+        if (salient != null) {
+            try {
+                c = salient.fork(seq);
+            } catch (RuntimeException e) {
+                precise.free(a);
+                quantized.free(b);
+                throw e;
+            }
+        }
+        if (a != b || a != c) {
             precise.free(a);
             quantized.free(b);
-            throw new Attn4jException(Status.INTERNAL, "cache: sequence ids of the two parts diverged (" + a + " vs "
-                    + b + "); please report");
+            if (salient != null) {
+                salient.free(c);
+            }
+            throw diverged(a, b, c);
+        }
+        if (salience != null) {
+            salience.copy(seq, a);
         }
         return a;
     }
 
-    /** Tokens in sequence {@code seq} (both parts). */
+    /** Tokens in sequence {@code seq} (all parts). */
     public long length(int seq) {
-        return precise.length(seq) + quantized.length(seq);
+        return precise.length(seq) + quantized.length(seq) + salientLength(seq);
     }
 
     /** Tokens of sequence {@code seq} stored quantized. */
@@ -219,10 +318,66 @@ public final class TieredKvCache implements AutoCloseable {
         return quantized.length(seq);
     }
 
-    /** Releases sequence {@code seq} in both parts. */
+    /** Middle tokens of sequence {@code seq} kept in BF16 as salient (0 when salient tokens are off). */
+    public long salientLength(int seq) {
+        return salient == null ? 0 : salient.length(seq);
+    }
+
+    /** Releases sequence {@code seq} in every part. */
     public void free(int seq) {
         precise.free(seq);
         quantized.free(seq);
+        if (salient != null) {
+            salient.free(seq);
+            salience.clear(seq);
+        }
+    }
+
+    /**
+     * Gives the salient-token scoring probes for a prompt: {@code q} ([n, qoHeads, headDim], host)
+     * are the queries of the last n tokens of sequence {@code seq} at layer {@code layer}, and
+     * {@code lse} (F32 [n, qoHeads]) the log-sum-exp of their attention under softmax scale
+     * {@code scale}, as a prefill plan writes it. The last {@link Builder#probes} of them are kept
+     * (decode runs add theirs). Needs {@link Builder#salient}.
+     */
+    public void observe(int seq, int layer, Tensor q, Tensor lse, float scale) {
+        if (salience == null) {
+            throw Attn4jException.invalid("cache: salient tokens are off (TieredKvCache.Builder.salient)");
+        }
+        if (layer < 0 || layer >= precise.layers()) {
+            throw Attn4jException.invalid("layer: " + layer + " outside [0, " + precise.layers() + ")");
+        }
+        long len = length(seq);
+        if (q == null || !q.isHost() || q.rank() != 3 || q.shape(2) != precise.headDim() || q.shape(0) <= 0
+                || q.dtype().isQuantized() || q.dtype() == DType.I32) {
+            throw Attn4jException.invalid("q: need a host float tensor [n, qoHeads, " + precise.headDim() + "], got "
+                    + q);
+        }
+        long n = q.shape(0);
+        if (q.shape(1) % precise.kvHeads() != 0) {
+            throw Attn4jException.invalid("q: " + q.shape(1) + " query heads, not a multiple of " + precise.kvHeads()
+                    + " KV heads");
+        }
+        if (n > len) {
+            throw Attn4jException.invalid("q: " + n + " queries, but sequence " + seq + " has " + len + " tokens");
+        }
+        if (lse == null || !lse.isHost() || lse.dtype() != DType.F32 || lse.rank() != 2 || lse.shape(0) != n
+                || lse.shape(1) != q.shape(1)) {
+            throw Attn4jException.invalid("lse: need a host F32 tensor [" + n + ", " + q.shape(1) + "], got " + lse);
+        }
+        if (!(scale > 0) || Float.isInfinite(scale)) {
+            throw Attn4jException.invalid("scale: must be finite and > 0, got " + scale);
+        }
+        for (long i = Math.max(0, n - salience.probes()); i < n; i++) {
+            salience.record(seq, layer, q, lse, i, scale, len - n + i + 1);
+        }
+    }
+
+    /** Records decode row {@code row} of sequence {@code seq} as a probe (no-op without salient tokens). */
+    void recordDecode(int seq, int layer, Tensor q, Tensor lse, long row, float scale) {
+        if (salience != null) {
+            salience.record(seq, layer, q, lse, row, scale, length(seq));
+        }
     }
 
     /**
@@ -257,7 +412,8 @@ public final class TieredKvCache implements AutoCloseable {
 
     /**
      * Moves every full window page beyond {@code window} tokens of {@code seqs} into the
-     * quantized part, all layers at once. Called by {@link #reserve}; call it directly to compact
+     * quantized part (its salient tokens into the salient part), all layers at once; a move that
+     * fails (a part out of pages) leaves that page in the window. Called by {@link #reserve}; call it directly to compact
      * without reserving.
      */
     public void compact(int[] seqs) {
@@ -267,37 +423,144 @@ public final class TieredKvCache implements AutoCloseable {
         int ps = precise.pageSize();
         for (int i = 0; i < seqs.length; i++) {
             int seq = seqs[i];
-            while (precise.length(seq) - sinks - ps >= window && precise.length(seq) - sinks >= ps) {
-                movePage(seq);
+            long len = precise.length(seq);
+            int pages = 0;
+            while (len - sinks - ps >= window && len - sinks >= ps) {
+                len -= ps;
+                pages++;
+            }
+            if (pages == 0) {
+                continue;
+            }
+            int salientTokens = salience == null ? 0 : chooseSalient(seq, pages);
+            for (int j = 0; j < pages; j++) {
+                movePage(seq, j, salientTokens > 0);
             }
         }
     }
 
-    private void movePage(int seq) {
+    /**
+     * Scores the tokens of the oldest {@code pages} window pages of {@code seq} into
+     * {@code scores} and marks the ones to keep as salient with a positive score (the others 0);
+     * returns how many.
+     */
+    private int chooseSalient(int seq, int pages) {
+        int ps = precise.pageSize();
+        int n = pages * ps;
+        if (scores.length < n) {
+            scores = new float[n];
+            ranked = new float[n];
+        }
+        java.util.Arrays.fill(scores, 0, n, 0f);
+        long first = sinks + quantized.length(seq) + salient.length(seq);
+        for (int l = 0; l < precise.layers(); l++) {
+            for (int j = 0; j < pages; j++) {
+                salience.addScores(seq, l, precise, precise.pageOf(seq, sinkPages + j), first + (long) j * ps, scores,
+                        j * ps);
+            }
+        }
+        long kept = salient.length(seq);
+        long budget = (long) Math.floor(salientFraction * (quantized.length(seq) + kept + n)) - kept;
+        // Candidates score above a uniform share (1); keep the best `budget` of them.
+        int candidates = 0;
+        for (int t = 0; t < n; t++) {
+            if (scores[t] > 1f) {
+                ranked[candidates++] = scores[t];
+            } else {
+                scores[t] = 0f;
+            }
+        }
+        int chosen = (int) Math.min(budget, candidates);
+        if (chosen <= 0) {
+            java.util.Arrays.fill(scores, 0, n, 0f);
+            return 0;
+        }
+        java.util.Arrays.sort(ranked, 0, candidates);
+        float cut = ranked[candidates - chosen];
+        int left = chosen;
+        for (int t = 0; t < n; t++) {
+            if (scores[t] >= cut && left > 0) {
+                left--;
+            } else {
+                scores[t] = 0f;
+            }
+        }
+        return chosen;
+    }
+
+    /**
+     * Moves the oldest window page of {@code seq} (page {@code j} of the tokens scored by
+     * {@link #chooseSalient} when {@code split}) to the quantized part, its salient tokens to the
+     * salient part; all layers, all or nothing.
+     */
+    private void movePage(int seq, int j, boolean split) {
         int ps = precise.pageSize();
         int page = precise.pageOf(seq, sinkPages);
+        int kept = 0;
+        int others = 0;
+        if (split) {
+            for (int t = 0; t < ps; t++) {
+                if (scores[j * ps + t] > 0f) {
+                    keep[kept++] = t;
+                } else {
+                    rest[others++] = t;
+                }
+            }
+        } else {
+            others = ps;
+        }
         one[0] = seq;
-        pageCount[0] = ps;
-        quantized.reserve(one, pageCount, move);
+        boolean quantizedReserved = false;
+        boolean salientReserved = false;
         try {
+            if (others > 0) {
+                pageCount[0] = others;
+                quantized.reserve(one, pageCount, move);
+                quantizedReserved = true;
+            }
+            if (kept > 0) {
+                pageCount[0] = kept;
+                salient.reserve(one, pageCount, moveSalient);
+                salientReserved = true;
+            }
             for (int l = 0; l < precise.layers(); l++) {
-                quantized.writeFromPage(l, move, precise, page);
+                if (others > 0) {
+                    quantized.writeFromPage(l, move, precise, page, kept == 0 ? null : rest, others);
+                }
+                if (kept > 0) {
+                    salient.writeFromPage(l, moveSalient, precise, page, keep, kept);
+                }
             }
         } catch (RuntimeException e) {
-            quantized.rollback(move);
+            if (quantizedReserved) {
+                quantized.rollback(move);
+            }
+            if (salientReserved) {
+                salient.rollback(moveSalient);
+            }
             throw e;
         }
         precise.dropFullPage(seq, sinkPages);
     }
 
-    /** Page tables of both parts for a batch, refilled in place by {@link #fillTables}. */
+    /**
+     * Page tables of every part for a batch, refilled in place by {@link #fillTables}; they also
+     * remember the batch's sequence ids (decode records its salient-token probes by them).
+     */
     public static final class Tables {
+        final TieredKvCache owner;
         final PageTable quantized;
         final PageTable precise;
+        final PageTable salient; // null without salient tokens
+        final int[] seqs;
+        int batch;
 
-        private Tables(PageTable quantized, PageTable precise) {
+        private Tables(TieredKvCache owner, PageTable quantized, PageTable precise, PageTable salient, int maxBatch) {
+            this.owner = owner;
             this.quantized = quantized;
             this.precise = precise;
+            this.salient = salient;
+            this.seqs = new int[maxBatch];
         }
 
         public PageTable quantized() {
@@ -307,12 +570,18 @@ public final class TieredKvCache implements AutoCloseable {
         public PageTable precise() {
             return precise;
         }
+
+        /** The salient part's table, or null when salient tokens are off. */
+        public PageTable salient() {
+            return salient;
+        }
     }
 
     /** Tables with room for {@code maxBatch} sequences of up to {@code maxPages} pages per part. */
     public Tables newTables(int maxBatch, int maxPages) {
         Arena a = Arena.ofAuto();
-        return new Tables(PageTable.allocate(a, maxBatch, maxPages), PageTable.allocate(a, maxBatch, maxPages));
+        return new Tables(this, PageTable.allocate(a, maxBatch, maxPages), PageTable.allocate(a, maxBatch, maxPages),
+                salient == null ? null : PageTable.allocate(a, maxBatch, maxPages), maxBatch);
     }
 
     /** Rewrites {@code tables} for {@code seqs} (allocates nothing). */
@@ -320,18 +589,37 @@ public final class TieredKvCache implements AutoCloseable {
         if (tables == null) {
             throw Attn4jException.invalid("tables: null");
         }
+        if (tables.owner != this) {
+            throw Attn4jException.invalid("tables: made by another tiered cache");
+        }
+        if (seqs == null || seqs.length > tables.seqs.length) {
+            throw Attn4jException.invalid("seqs: " + (seqs == null ? "null" : seqs.length + " sequences exceed the "
+                    + "tables' maxBatch " + tables.seqs.length));
+        }
         quantized.fillPageTable(tables.quantized, seqs);
         precise.fillPageTable(tables.precise, seqs);
+        if (salient != null) {
+            salient.fillPageTable(tables.salient, seqs);
+        }
+        System.arraycopy(seqs, 0, tables.seqs, 0, seqs.length);
+        tables.batch = seqs.length;
     }
 
     /** New tables for {@code seqs}. */
     public Tables tables(int... seqs) {
-        return new Tables(quantized.pageTable(seqs), precise.pageTable(seqs));
+        Tables t = new Tables(this, quantized.pageTable(seqs), precise.pageTable(seqs),
+                salient == null ? null : salient.pageTable(seqs), seqs.length);
+        System.arraycopy(seqs, 0, t.seqs, 0, seqs.length);
+        t.batch = seqs.length;
+        return t;
     }
 
     @Override
     public void close() {
         precise.close();
         quantized.close();
+        if (salient != null) {
+            salient.close();
+        }
     }
 }

@@ -58,7 +58,8 @@ final class VerifyCommand implements Callable<Integer> {
             + "size, plain and with BF16 sinks/window) on one layer: synthetic data, or --q/--k/--v.")
     boolean quant;
 
-    @Option(names = "--q", paramLabel = "FILE", description = "--quant input: decode query .npy [qo_heads, d] or [1, qo_heads, d].")
+    @Option(names = "--q", paramLabel = "FILE", description = "--quant input: query .npy [qo_heads, d] or [n, qo_heads, d]: "
+            + "the last row is the decode query, the rows before it the queries of the last tokens (salient-token probes).")
     java.nio.file.Path qFile;
 
     @Option(names = "--k", paramLabel = "FILE", description = "--quant input: keys .npy [tokens, kv_heads, d].")
@@ -75,6 +76,10 @@ final class VerifyCommand implements Callable<Integer> {
 
     @Option(names = "--window", defaultValue = "256", description = "--quant: BF16 recent tokens (default ${DEFAULT-VALUE}).")
     int window;
+
+    @Option(names = "--salient", defaultValue = "0.05", description = "--quant: fraction of the middle tokens kept in "
+            + "BF16 as salient tokens in the third column (default ${DEFAULT-VALUE}; 0 leaves the column out).")
+    double salient;
 
     @Option(names = "--calibration", paramLabel = "FILE",
             description = "--quant: a file from `attn4j calibrate` for the calibrated rows of its bits and group size "
@@ -134,8 +139,8 @@ final class VerifyCommand implements Callable<Integer> {
                 cal.requireMatches(1, layer.kvHeads(), layer.headDim(), cal.bits(), cal.groupSize());
             }
             try (Attn4j lib = Attn4j.open(Util.device(device), threads)) {
-                return QuantVerify.run(lib, layer, sinks, window, progress != null ? progress : Util.stderrIsTerminal(),
-                        cal);
+                return QuantVerify.run(lib, layer, sinks, window, salient,
+                        progress != null ? progress : Util.stderrIsTerminal(), cal);
             }
         }
         List<Case> cases = cases();

@@ -30,11 +30,7 @@ public final class QuantAccuracy {
      */
     public static double relativeError(Attn4j lib, float[] q, float[] k, float[] v, int qoHeads, int kvHeads, int headDim,
             int tokens, KvFormat format, Calibration calibration, int sinks, int window, int pageSize) {
-        if (q.length != qoHeads * headDim || k.length != (long) tokens * kvHeads * headDim || v.length != k.length) {
-            throw new Attn4jException(Status.INVALID_ARGUMENT, "q, k, v: sizes " + q.length + ", " + k.length + ", " + v.length
-                    + " do not match qoHeads " + qoHeads + ", tokens " + tokens + ", kvHeads " + kvHeads + ", headDim "
-                    + headDim);
-        }
+        checkSizes(q, k, v, qoHeads, kvHeads, headDim, tokens);
         int pages = (tokens + pageSize - 1) / pageSize + 2;
         float[] out;
         try (Arena arena = Arena.ofConfined()) {
@@ -74,12 +70,98 @@ public final class QuantAccuracy {
             }
             out = ot.toFloatArray();
         }
-        double[] ref = referenceDecode(q, k, v, qoHeads, kvHeads, headDim, tokens);
-        double[] got = new double[out.length];
-        for (int i = 0; i < out.length; i++) {
-            got[i] = out[i];
+        return relativeError(toDouble(out), referenceDecode(q, k, v, qoHeads, kvHeads, headDim, tokens));
+    }
+
+    /**
+     * As {@link #relativeError(Attn4j, float[], float[], float[], int, int, int, int, KvFormat,
+     * Calibration, int, int, int)} for a tiered cache with salient tokens: at most {@code fraction}
+     * of the middle tokens stay BF16, chosen by {@code probes} ({@code [P][qoHeads][headDim]}), the
+     * queries of the last P tokens. As for a prompt: every token is written, the probes are given
+     * to {@link TieredKvCache#observe} with their causal log-sum-exp over the unquantized K (what a
+     * prefill computes), the window's aged pages move, and {@code q} is decoded.
+     */
+    public static double relativeErrorSalient(Attn4j lib, float[] q, float[] k, float[] v, int qoHeads, int kvHeads,
+            int headDim, int tokens, KvFormat format, Calibration calibration, int sinks, int window, int pageSize,
+            float[] probes, double fraction) {
+        checkSizes(q, k, v, qoHeads, kvHeads, headDim, tokens);
+        int row = qoHeads * headDim;
+        int p = probes == null ? 0 : probes.length / row;
+        if (p == 0 || probes.length != p * row || p > tokens) {
+            throw new Attn4jException(Status.INVALID_ARGUMENT, "probes: need [P][qoHeads][headDim] floats, 1 <= P <= "
+                    + "tokens, got " + (probes == null ? "null" : probes.length + " floats"));
         }
-        return relativeError(got, ref);
+        double scale = 1.0 / Math.sqrt(headDim);
+        float[] lse = new float[p * qoHeads];
+        for (int i = 0; i < p; i++) {
+            double[] l = referenceLse(probes, i * row, k, qoHeads, kvHeads, headDim, tokens - p + i + 1, scale);
+            for (int h = 0; h < qoHeads; h++) {
+                lse[i * qoHeads + h] = (float) l[h];
+            }
+        }
+        int pages = (tokens + pageSize - 1) / pageSize + 2;
+        float[] out;
+        try (Arena arena = Arena.ofConfined();
+                TieredKvCache cache = TieredKvCache.builder(lib).kvHeads(kvHeads).headDim(headDim).pageSize(pageSize)
+                        .numPages(pages, pages).format(format).calibration(calibration).sinks(sinks).window(window)
+                        .salient(fraction, (int) Math.ceil(fraction * tokens / pageSize) + 2).probes(p).build();
+                DecodePlan plan = Attention.decode(lib).forCache(cache).qoHeads(qoHeads).qDType(DType.F32)
+                        .outDType(DType.F32).build()) {
+            int seq = cache.newSequence();
+            int[] seqs = {seq};
+            PagedKvCache.Reservation r = cache.reserve(seqs, new int[] {tokens});
+            cache.write(0, r, Tensor.ofFloats(arena, DType.F32, k, tokens, kvHeads, headDim),
+                    Tensor.ofFloats(arena, DType.F32, v, tokens, kvHeads, headDim));
+            cache.observe(seq, 0, Tensor.ofFloats(arena, DType.F32, probes, p, qoHeads, headDim),
+                    Tensor.ofFloats(arena, DType.F32, lse, p, qoHeads), (float) scale);
+            cache.compact(seqs);
+            Tensor ot = Tensor.allocate(arena, DType.F32, 1, qoHeads, headDim);
+            plan.run(Tensor.ofFloats(arena, DType.F32, q, 1, qoHeads, headDim), cache, 0, cache.tables(seqs), ot, null);
+            out = ot.toFloatArray();
+        }
+        return relativeError(toDouble(out), referenceDecode(q, k, v, qoHeads, kvHeads, headDim, tokens));
+    }
+
+    private static void checkSizes(float[] q, float[] k, float[] v, int qoHeads, int kvHeads, int headDim, int tokens) {
+        if (q.length != qoHeads * headDim || k.length != (long) tokens * kvHeads * headDim || v.length != k.length) {
+            throw new Attn4jException(Status.INVALID_ARGUMENT, "q, k, v: sizes " + q.length + ", " + k.length + ", " + v.length
+                    + " do not match qoHeads " + qoHeads + ", tokens " + tokens + ", kvHeads " + kvHeads + ", headDim "
+                    + headDim);
+        }
+    }
+
+    private static double[] toDouble(float[] x) {
+        double[] d = new double[x.length];
+        for (int i = 0; i < x.length; i++) {
+            d[i] = x[i];
+        }
+        return d;
+    }
+
+    /** fp64 natural-log log-sum-exp per query head of {@code q[off ..]} over the first {@code n} keys. */
+    static double[] referenceLse(float[] q, int off, float[] k, int qoHeads, int kvHeads, int d, int n, double scale) {
+        double[] lse = new double[qoHeads];
+        int group = qoHeads / kvHeads;
+        double[] s = new double[n];
+        for (int h = 0; h < qoHeads; h++) {
+            int kh = h / group;
+            double mx = Double.NEGATIVE_INFINITY;
+            for (int t = 0; t < n; t++) {
+                double dot = 0;
+                int ko = (t * kvHeads + kh) * d;
+                for (int i = 0; i < d; i++) {
+                    dot += (double) q[off + h * d + i] * k[ko + i];
+                }
+                s[t] = dot * scale;
+                mx = Math.max(mx, s[t]);
+            }
+            double sum = 0;
+            for (int t = 0; t < n; t++) {
+                sum += Math.exp(s[t] - mx);
+            }
+            lse[h] = mx + Math.log(sum);
+        }
+        return lse;
     }
 
     /** {@code ||out - ref|| / ||ref||}: the figure this class and {@code attn4j verify} report. */
