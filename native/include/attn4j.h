@@ -212,9 +212,13 @@ attn4j_status attn4j_decode_run(attn4j_plan* plan, const attn4j_tensor* q,
 /* Decode over a KV cache held in several segments (mixed precision: e.g. BF16 sinks and recent
  * window in one cache, the quantized middle in another): each sequence attends to the union of its
  * tokens in all segments (order does not matter in decode), merged by LSE in the same run.
- * Segment 0 must have the plan's kv_dtype; others may have any supported dtype. Here a sequence
- * may own no tokens in a segment (indptr[i] == indptr[i + 1], last_page_len[i] == 0), but every
- * sequence needs at least one token overall. */
+ * Segment 0 must have the plan's kv_dtype; others may have any supported dtype (CUDA: BF16, F16
+ * or the plan's kv_dtype). Here a sequence may own no tokens in a segment (indptr[i] ==
+ * indptr[i + 1], last_page_len[i] == 0), but every sequence needs at least one token overall (on
+ * CUDA this is not checked: such a sequence gets output 0 and LSE -inf). CUDA runs one kernel per
+ * segment into plan scratch, then an LSE merge kernel; the first segmented run of a plan
+ * allocates that scratch (and a BF16/F16 kernel for a quantized plan), so capture segmented runs
+ * in a graph only after one uncaptured run. */
 attn4j_status attn4j_decode_run_segments(attn4j_plan* plan, const attn4j_tensor* q,
                                          int32_t num_segments, const attn4j_paged_kv* caches,
                                          const attn4j_page_table* tables, attn4j_tensor* out,

@@ -1,11 +1,15 @@
 // Quantized decode through the C ABI on a CUDA context: an INT8 / INT4 / INT2 cache (Hadamard,
 // quantized on the host by the CPU append) decoded by a CUDA plan must match the CPU plan on the
-// same bytes; format mismatches and multi-segment runs are rejected with the argument named.
+// same bytes, alone and as segment 0 of a three-segment run with two BF16 caches (a tiered cache's
+// parts; sequences with no tokens in a segment); format mismatches are rejected with the argument
+// named.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -22,6 +26,105 @@ attn4j_tensor on_device(attn4j_tensor t, void* data) {
     t.device_type = ATTN4J_DEVICE_CUDA;
     t.device_id = 0;
     return t;
+}
+
+uint16_t bf16(float x) {
+    uint32_t u;
+    std::memcpy(&u, &x, 4);
+    return uint16_t(u >> 16);
+}
+
+// Segments: `cache` (quantized) plus two BF16 caches of random values, lengths per sequence
+// {40, 0, 70} and {16, 5, 0}; out and LSE of the CUDA plan against the CPU plan's.
+void check_segments(attn4j_context* cpu, attn4j_context* gpu, const attn4j_attention_desc& desc,
+                    const attn4j_paged_kv& cache, const attn4j_page_table& table, const attn4j_paged_kv& gcache,
+                    const attn4j_page_table& gtable, const std::vector<float>& q, const attn4j_tensor& gq,
+                    const std::string& name, std::mt19937& rng) {
+    const int KVH = desc.num_kv_heads, D = desc.head_dim, PS = desc.page_size, H = desc.num_qo_heads;
+    const int batch = desc.max_batch_size;
+    const int pages = 10;
+    std::normal_distribution<float> nd;
+    std::vector<uint16_t> kb(size_t(pages) * KVH * PS * D), vb(kb.size());
+    for (size_t i = 0; i < kb.size(); ++i) {
+        kb[i] = bf16(nd(rng));
+        vb[i] = bf16(nd(rng));
+    }
+    const int64_t bytes = int64_t(kb.size()) * 2;
+    const attn4j_paged_kv bcache = a4j_test::paged_kv(ATTN4J_DTYPE_BF16, KVH, D, PS, pages, kb.data(), vb.data(), bytes);
+    // Segment 1: sequences of 40, 0, 70 tokens on pages 0-2 and 3-7; segment 2: 16, 5, 0 on pages 8, 9.
+    std::vector<int32_t> ip1{0, 3, 3, 8}, ix1{2, 0, 1, 7, 3, 6, 4, 5}, l1{8, 0, 6};
+    std::vector<int32_t> ip2{0, 1, 2, 2}, ix2{9, 8}, l2{16, 5, 0};
+    auto host_table = [&](std::vector<int32_t>& ip, std::vector<int32_t>& ix, std::vector<int32_t>& l) {
+        attn4j_page_table t{};
+        t.struct_size = sizeof t;
+        t.indptr = a4j_test::tensor(ip.data(), ATTN4J_DTYPE_I32, {batch + 1});
+        t.indices = a4j_test::tensor(ix.data(), ATTN4J_DTYPE_I32, {int64_t(ix.size())});
+        t.last_page_len = a4j_test::tensor(l.data(), ATTN4J_DTYPE_I32, {batch});
+        return t;
+    };
+    const attn4j_page_table t1 = host_table(ip1, ix1, l1), t2 = host_table(ip2, ix2, l2);
+    std::vector<float> out_cpu(q.size(), NAN), out_gpu(q.size(), NAN), lse_cpu(size_t(batch) * H, NAN),
+        lse_gpu(lse_cpu.size(), NAN);
+    attn4j_plan* cp = nullptr;
+    CHECK_MSG(attn4j_decode_plan_create(cpu, &desc, &cp) == ATTN4J_OK, attn4j_last_error());
+    attn4j_tensor qt = a4j_test::tensor(const_cast<float*>(q.data()), ATTN4J_DTYPE_F32, {batch, H, D});
+    attn4j_tensor ot = a4j_test::tensor(out_cpu.data(), ATTN4J_DTYPE_F32, {batch, H, D});
+    attn4j_tensor lt = a4j_test::tensor(lse_cpu.data(), ATTN4J_DTYPE_F32, {batch, H});
+    const attn4j_paged_kv cs[3] = {cache, bcache, bcache};
+    const attn4j_page_table ts[3] = {table, t1, t2};
+    CHECK_MSG(attn4j_decode_run_segments(cp, &qt, 3, cs, ts, &ot, &lt) == ATTN4J_OK, attn4j_last_error());
+    attn4j_plan_destroy(cp);
+
+    uint16_t* dkb = a4j_test::to_device(kb);
+    uint16_t* dvb = a4j_test::to_device(vb);
+    std::vector<int32_t*> dev;
+    auto device_table = [&](const attn4j_page_table& t, std::vector<int32_t>& ip, std::vector<int32_t>& ix,
+                            std::vector<int32_t>& l) {
+        attn4j_page_table g = t;
+        dev.push_back(a4j_test::to_device(ip));
+        g.indptr = on_device(t.indptr, dev.back());
+        dev.push_back(a4j_test::to_device(ix));
+        g.indices = on_device(t.indices, dev.back());
+        dev.push_back(a4j_test::to_device(l));
+        g.last_page_len = on_device(t.last_page_len, dev.back());
+        return g;
+    };
+    attn4j_paged_kv gb = bcache;
+    gb.device_type = ATTN4J_DEVICE_CUDA;
+    gb.k_data = dkb;
+    gb.v_data = dvb;
+    const attn4j_paged_kv gcs[3] = {gcache, gb, gb};
+    const attn4j_page_table gts[3] = {gtable, device_table(t1, ip1, ix1, l1), device_table(t2, ip2, ix2, l2)};
+    float* dout = a4j_test::to_device(out_gpu);
+    float* dlse = a4j_test::to_device(lse_gpu);
+    attn4j_tensor go = on_device(ot, dout);
+    attn4j_tensor gl = on_device(lt, dlse);
+    attn4j_plan* gp = nullptr;
+    CHECK_MSG(attn4j_decode_plan_create(gpu, &desc, &gp) == ATTN4J_OK, attn4j_last_error());
+    CHECK_MSG(attn4j_decode_run_segments(gp, &gq, 3, gcs, gts, &go, &gl) == ATTN4J_OK,
+              name + " segments: " + attn4j_last_error());
+    CK(cudaMemcpy(out_gpu.data(), dout, out_gpu.size() * 4, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(lse_gpu.data(), dlse, lse_gpu.size() * 4, cudaMemcpyDeviceToHost));
+    double num = 0, den = 0, lse_err = 0;
+    for (size_t i = 0; i < q.size(); ++i) {
+        num += double(out_gpu[i] - out_cpu[i]) * (out_gpu[i] - out_cpu[i]);
+        den += double(out_cpu[i]) * out_cpu[i];
+    }
+    for (size_t i = 0; i < lse_cpu.size(); ++i) lse_err = std::max(lse_err, double(std::fabs(lse_gpu[i] - lse_cpu[i])));
+    const double rel = std::isfinite(num) ? std::sqrt(num / den) : 1e9;
+    std::printf("%s, 3 segments: CUDA vs CPU rel %.2e, LSE max diff %.2e\n", name.c_str(), rel, lse_err);
+    CHECK_MSG(rel <= 1e-2, name + " segments: CUDA vs CPU rel " + std::to_string(rel));
+    CHECK_MSG(std::isfinite(lse_err) && lse_err <= 1e-2, name + " segments: LSE diff " + std::to_string(lse_err));
+    // A segment of a dtype no CUDA kernel pairs with this plan.
+    attn4j_paged_kv f32 = gb;
+    f32.dtype = ATTN4J_DTYPE_F32;
+    f32.num_pages = pages / 2;
+    const attn4j_paged_kv bad[3] = {gcache, gb, f32};
+    CHECK(attn4j_decode_run_segments(gp, &gq, 3, bad, gts, &go, &gl) == ATTN4J_ERR_UNSUPPORTED);
+    CHECK_MSG(std::string(attn4j_last_error()).find("caches[2]") != std::string::npos, attn4j_last_error());
+    attn4j_plan_destroy(gp);
+    for (void* p : {(void*)dkb, (void*)dvb, (void*)dout, (void*)dlse}) CK(cudaFree(p));
+    for (int32_t* p : dev) CK(cudaFree(p));
 }
 
 void run_case(attn4j_context* cpu, attn4j_context* gpu, attn4j_dtype dtype, int group, uint32_t seed) {
@@ -119,11 +222,7 @@ void run_case(attn4j_context* cpu, attn4j_context* gpu, attn4j_dtype dtype, int 
         std::printf("%s: CUDA vs CPU rel %.2e\n", name.c_str(), rel);
         // Both kernels approximate the same dequantized attention within ~3e-3 each.
         CHECK_MSG(rel <= 1e-2, name + ": CUDA vs CPU rel " + std::to_string(rel));
-        // Two segments are CPU-only in this release.
-        attn4j_paged_kv cs[2] = {gcache, gcache};
-        attn4j_page_table ts[2] = {gtable, gtable};
-        CHECK(attn4j_decode_run_segments(gp, &gq, 2, cs, ts, &go, nullptr) == ATTN4J_ERR_UNSUPPORTED);
-        CHECK(std::string(attn4j_last_error()).find("num_segments") != std::string::npos);
+        check_segments(cpu, gpu, desc, cache, table, gcache, gtable, q, gq, name, rng);
         // A cache of another format.
         attn4j_paged_kv other = gcache;
         other.dtype = dtype == ATTN4J_DTYPE_INT2 ? ATTN4J_DTYPE_INT4 : ATTN4J_DTYPE_INT2;

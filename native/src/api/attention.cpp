@@ -194,10 +194,6 @@ void decode_run(attn4j_plan* plan, const attn4j_tensor* q, int32_t num_segments,
                     std::to_string(kMaxKvSegments));
         require_non_null(caches, "caches");
         require_non_null(tables, "tables");
-        if (on_cuda && num_segments > 1)
-            fail(ATTN4J_ERR_UNSUPPORTED,
-                 "num_segments: " + std::to_string(num_segments) +
-                     "; CUDA plans read one segment per run in this release");
     }
     const attn4j_paged_kv* cache = caches;
     const attn4j_page_table* table = tables;
@@ -206,6 +202,7 @@ void decode_run(attn4j_plan* plan, const attn4j_tensor* q, int32_t num_segments,
     // are copied back and checked in cuda_decode_run, after every other argument.
     PageTableView tv;
     PageTableDims td;
+    PageTableDims seg_dims[kMaxKvSegments];
     if (on_cuda) {
         td = check_page_table_tensors(table, c.device_type, c.device_id, "plan");
         tv.batch = int32_t(td.batch);
@@ -224,7 +221,13 @@ void decode_run(attn4j_plan* plan, const attn4j_tensor* q, int32_t num_segments,
             KvSegment& seg = a.extra[s - 1];
             seg.kv = check_cache_for_plan(&caches[s], d, c, names[s], true);
             try {
-                seg.table = check_page_table(&tables[s], seg.kv, true);
+                // CUDA: the tensors here, the contents on the device (cuda_decode_run).
+                if (on_cuda) {
+                    seg_dims[s] = check_page_table_tensors(&tables[s], c.device_type, c.device_id, "plan");
+                    seg.table.batch = int32_t(seg_dims[s].batch);
+                } else {
+                    seg.table = check_page_table(&tables[s], seg.kv, true);
+                }
             } catch (const Error& e) {
                 // Name the segment: "tables[1]: table.indices[3]: ..."
                 fail(e.status, S(tnames[s]) + ": " + e.message);
@@ -233,7 +236,9 @@ void decode_run(attn4j_plan* plan, const attn4j_tensor* q, int32_t num_segments,
                 invalid(S(tnames[s]) + ": batch " + std::to_string(seg.table.batch) +
                         " but tables[0] has batch " + std::to_string(tv.batch));
         }
-        for (int32_t i = 0; i < tv.batch; ++i) {
+        // CUDA: a sequence empty in every segment is found on the host only on the default
+        // stream (cuda_decode_run); otherwise it gets output 0 and LSE -inf.
+        for (int32_t i = 0; !on_cuda && i < tv.batch; ++i) {
             int64_t len = tv.seq_len(i, kv.page_size);
             for (int s = 0; s < a.num_extra_segments; ++s)
                 len += a.extra[s].table.seq_len(i, a.extra[s].kv.page_size);
@@ -258,8 +263,10 @@ void decode_run(attn4j_plan* plan, const attn4j_tensor* q, int32_t num_segments,
     a.q = rows_heads_view(tq);
     a.out = rows_heads_view(to);
     a.lse = lse_view(lse);
-    if (on_cuda)
-        cuda_decode_run(*p.cuda_decode, a, *table, td);
+    if (on_cuda) {
+        seg_dims[0] = td;
+        cuda_decode_run(*p.cuda_decode, a, tables ? tables : table, seg_dims, segmented ? num_segments : 1);
+    }
     else
         p.decode->run(a);
 }

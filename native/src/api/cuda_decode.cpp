@@ -27,6 +27,7 @@
 #include "api/cuda_util.h"
 #include "cuda/decode.cuh"
 #include "cuda/decode_quant.cuh"
+#include "cuda/merge_states.cuh"
 #endif
 
 namespace attn4j {
@@ -41,7 +42,7 @@ CudaDecodePlanPtr make_cuda_decode_plan(const attn4j_attention_desc&, Context& c
                                      ": this library was built without CUDA");
 }
 
-void cuda_decode_run(CudaDecodePlan&, DecodeArgs&, const attn4j_page_table&, const PageTableDims&) {
+void cuda_decode_run(CudaDecodePlan&, DecodeArgs&, const attn4j_page_table*, const PageTableDims*, int) {
     fail(ATTN4J_ERR_UNSUPPORTED, "plan: this library was built without CUDA");
 }
 
@@ -59,31 +60,93 @@ public:
         idx_.reserve(int64_t(d.max_batch_size) * 16, "the page table");
     }
 
-    void run(DecodeArgs& a, const attn4j_page_table& table, const PageTableDims& dims) {
+    void run(DecodeArgs& a, const attn4j_page_table* tables, const PageTableDims* dims, int num_segments) {
         DeviceScope scope(device_);
+        check_device_pointer(a.q.data, "q", device_);
+        check_device_pointer(a.out.data, "out", device_);
+        check_device_pointer(a.lse.data, "lse", device_);
+        if (num_segments == 1) {
+            run_segment(*kernel_, a, tables[0], dims[0], false, "cache");
+            return;
+        }
+        // Segments: each one's decode writes F32 partials [batch][segment][head] to plan scratch
+        // (output and LSE; a sequence with no tokens in a segment gets 0 and -inf), then one merge
+        // kernel combines them by LSE into out / lse.
+        const int64_t qo = desc_.num_qo_heads, D = desc_.head_dim, n = num_segments;
+        static const char* const names[kMaxKvSegments] = {"caches[0]", "caches[1]", "caches[2]", "caches[3]"};
+        cuda::DecodeKernel* kernels[kMaxKvSegments];
+        for (int s = 0; s < num_segments; ++s)  // before any launch: a dtype no kernel serves fails here
+            kernels[s] = &kernel_for(s == 0 ? a.kv.dtype : a.extra[s - 1].kv.dtype, names[s]);
+        ensure_segment_scratch();
+        for (int s = 0; s < num_segments; ++s) {
+            DecodeArgs sa = a;
+            sa.num_extra_segments = 0;
+            if (s > 0) sa.kv = a.extra[s - 1].kv;
+            sa.out.data = seg_o_ + s * qo * D;
+            sa.out.dtype = ATTN4J_DTYPE_F32;
+            sa.out.row_stride = n * qo * D;
+            sa.out.head_stride = D;
+            sa.lse.data = seg_lse_ + s * qo;
+            sa.lse.row_stride = n * qo;
+            sa.lse.head_stride = 1;
+            run_segment(*kernels[s], sa, tables[s], dims[s], true, names[s]);
+        }
+        cpu::MergeStatesArgs m;
+        m.n = dims[0].batch;
+        m.num_states = n;
+        m.num_heads = qo;
+        m.head_dim = D;
+        m.v = seg_o_;
+        m.v_dtype = ATTN4J_DTYPE_F32;
+        m.v_stride[0] = n * qo * D;
+        m.v_stride[1] = qo * D;
+        m.v_stride[2] = D;
+        m.s = seg_lse_;
+        m.s_stride[0] = n * qo;
+        m.s_stride[1] = qo;
+        m.s_head_stride = 1;
+        m.v_out = a.out.data;
+        m.v_out_dtype = a.out.dtype;
+        m.v_out_stride[0] = a.out.row_stride;
+        m.v_out_stride[1] = a.out.head_stride;
+        m.s_out = a.lse.data;
+        m.s_out_stride[0] = a.lse.row_stride;
+        m.s_out_stride[1] = a.lse.head_stride;
+        const cudaError_t e = cuda::merge_states(m, static_cast<cudaStream_t>(ctx_.cuda_stream));
+        if (e != cudaSuccess)
+            cuda_fail(e, "attn4j_decode_run_segments: CUDA merge launch on cuda:" + std::to_string(device_) +
+                             " failed");
+    }
+
+    CudaDecodePlan(const CudaDecodePlan&) = delete;
+    CudaDecodePlan& operator=(const CudaDecodePlan&) = delete;
+    ~CudaDecodePlan() {
+        if (seg_o_) cudaFree(seg_o_);
+    }
+
+private:
+    // One kernel run over one cache: the device-side checks of the cache and table, then the launch.
+    void run_segment(cuda::DecodeKernel& kernel, DecodeArgs& a, const attn4j_page_table& table,
+                     const PageTableDims& dims, bool allow_empty, const char* cache_name) {
         // The kernel streams pages with 16-byte cp.async: both page buffers must be 16-aligned
         // (head_dim is a multiple of 8 elements, so every page and row then is too).
         const auto aligned16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
         char buf[64];
         if (a.kv.quantized()) {
             check_quant(a);
-        } else if (!aligned16(a.kv.k)) {
-            std::snprintf(buf, sizeof buf, "%p", a.kv.k);
-            invalid(S("cache: k_data pointer ") + buf +
-                    " is not aligned to 16 bytes; the CUDA decode kernel reads pages with 16-byte "
-                    "loads (cudaMalloc returns 256-byte aligned memory)");
+        } else {
+            const void* ptrs[2] = {a.kv.k, a.kv.v};
+            const char* fields[2] = {"k_data", "v_data"};
+            for (int i = 0; i < 2; ++i)
+                if (!aligned16(ptrs[i])) {
+                    std::snprintf(buf, sizeof buf, "%p", ptrs[i]);
+                    invalid(S(cache_name) + ": " + fields[i] + " pointer " + buf +
+                            " is not aligned to 16 bytes; the CUDA decode kernel reads pages with 16-byte "
+                            "loads (cudaMalloc returns 256-byte aligned memory)");
+                }
         }
-        if (!a.kv.quantized() && !aligned16(a.kv.v)) {
-            std::snprintf(buf, sizeof buf, "%p", a.kv.v);
-            invalid(S("cache: v_data pointer ") + buf +
-                    " is not aligned to 16 bytes; the CUDA decode kernel reads pages with 16-byte "
-                    "loads (cudaMalloc returns 256-byte aligned memory)");
-        }
-        check_device_pointer(a.q.data, "q", device_);
-        check_device_pointer(a.out.data, "out", device_);
-        check_device_pointer(a.lse.data, "lse", device_);
-        check_device_pointer(a.kv.k, "cache.k_data", device_);
-        check_device_pointer(a.kv.v, "cache.v_data", device_);
+        check_device_pointer(a.kv.k, (S(cache_name) + ".k_data").c_str(), device_);
+        check_device_pointer(a.kv.v, (S(cache_name) + ".v_data").c_str(), device_);
         check_device_pointer(table.indptr.data, "table.indptr", device_);
         check_device_pointer(table.indices.data, "table.indices", device_);
         check_device_pointer(table.last_page_len.data, "table.last_page_len", device_);
@@ -91,26 +154,58 @@ public:
         const cudaStream_t stream = static_cast<cudaStream_t>(ctx_.cuda_stream);
         cuda::TableCheck check;
         check.num_indices = dims.n_indices;
+        check.allow_empty = allow_empty;
         if (stream) {
             if (!ctx_.cuda_table_errors)
                 fail(ATTN4J_ERR_INTERNAL, "plan: stream without a page-table error record (please report)");
             check.record = ctx_.cuda_table_errors->device_record();
         } else {
-            check_table_on_host(a, table, dims);
+            check_table_on_host(a, table, dims, allow_empty);
         }
         a.table.batch = int32_t(dims.batch);
         a.table.indptr = static_cast<const int32_t*>(table.indptr.data);
         a.table.indices = static_cast<const int32_t*>(table.indices.data);
         a.table.last_page_len = static_cast<const int32_t*>(table.last_page_len.data);
-        const cudaError_t e = kernel_->run(a, stream, check);
+        const cudaError_t e = kernel.run(a, stream, check);
         if (e != cudaSuccess)
             cuda_fail(e, "attn4j_decode_run: CUDA decode launch on cuda:" + std::to_string(device_) +
                              " failed");
     }
 
-private:
+    // The kernel for a segment of `dtype`: the plan's own, or, for a float segment of a plan of
+    // another kv dtype (the BF16 parts of a tiered cache), one made with its workspace on first use.
+    cuda::DecodeKernel& kernel_for(attn4j_dtype dtype, const char* name) {
+        if (dtype == desc_.kv_dtype) return *kernel_;
+        if (dtype != ATTN4J_DTYPE_BF16 && dtype != ATTN4J_DTYPE_F16)
+            fail(ATTN4J_ERR_UNSUPPORTED, S(name) + ": dtype " + dtype_name(dtype) + " but the plan's kv_dtype is " +
+                                             dtype_name(desc_.kv_dtype) +
+                                             "; on CUDA further segments are BF16, F16 or the plan's kv dtype");
+        auto& k = dtype == ATTN4J_DTYPE_BF16 ? bf16_kernel_ : f16_kernel_;
+        if (!k) {
+            attn4j_attention_desc d = desc_;
+            d.kv_dtype = dtype;
+            k = cuda::make_decode_kernel(d, device_);
+        }
+        return *k;
+    }
+
+    // F32 partial outputs then LSEs of every segment: [max_batch][kMaxKvSegments][qo heads] x (head_dim + 1).
+    void ensure_segment_scratch() {
+        if (seg_o_) return;
+        const size_t rows = size_t(desc_.max_batch_size) * kMaxKvSegments * size_t(desc_.num_qo_heads);
+        const size_t bytes = rows * (size_t(desc_.head_dim) + 1) * sizeof(float);
+        void* mem = nullptr;
+        const cudaError_t e = cudaMalloc(&mem, bytes);
+        if (e != cudaSuccess)
+            cuda_fail(e, "attn4j_decode_run_segments: " + std::to_string(bytes) +
+                             " bytes of segment scratch on cuda:" + std::to_string(device_));
+        seg_o_ = static_cast<float*>(mem);
+        seg_lse_ = seg_o_ + rows * size_t(desc_.head_dim);
+    }
+
     // Default stream: host copies of the page table, then the CPU path's checks.
-    void check_table_on_host(const DecodeArgs& a, const attn4j_page_table& table, const PageTableDims& dims) {
+    void check_table_on_host(const DecodeArgs& a, const attn4j_page_table& table, const PageTableDims& dims,
+                             bool allow_empty) {
         const int64_t batch = dims.batch;
         int32_t* h = hdr_.reserve(2 * batch + 1, "the page table");
         int32_t* h_indptr = h;
@@ -121,7 +216,7 @@ private:
         const int64_t used = h_indptr[batch];
         int32_t* h_idx = idx_.reserve(std::max<int64_t>(used, 1), "the page table");
         copy(h_idx, table.indices.data, used, "table.indices");
-        check_page_table_pages(h_indptr, h_idx, h_last, batch, a.kv);
+        check_page_table_pages(h_indptr, h_idx, h_last, batch, a.kv, allow_empty);
     }
 
     // Quantized cache: what the generic checks leave to the device (validate.cpp checked the
@@ -162,6 +257,10 @@ private:
     Context& ctx_;  // outlives the plan (attn4j_plan holds it)
     int device_;
     std::unique_ptr<cuda::DecodeKernel> kernel_;
+    std::unique_ptr<cuda::DecodeKernel> bf16_kernel_;  // segments of another dtype (made on first use)
+    std::unique_ptr<cuda::DecodeKernel> f16_kernel_;
+    float* seg_o_ = nullptr;  // segment scratch (ensure_segment_scratch); seg_lse_ lies in the same allocation
+    float* seg_lse_ = nullptr;
     PinnedI32 hdr_;  // indptr [batch + 1] then last_page_len [batch]
     PinnedI32 idx_;  // indices [indptr[batch]]
 };
@@ -187,9 +286,9 @@ CudaDecodePlanPtr make_cuda_decode_plan(const attn4j_attention_desc& d, Context&
     return CudaDecodePlanPtr(new CudaDecodePlan(d, ctx));
 }
 
-void cuda_decode_run(CudaDecodePlan& plan, DecodeArgs& a, const attn4j_page_table& table,
-                     const PageTableDims& dims) {
-    plan.run(a, table, dims);
+void cuda_decode_run(CudaDecodePlan& plan, DecodeArgs& a, const attn4j_page_table* tables,
+                     const PageTableDims* dims, int num_segments) {
+    plan.run(a, tables, dims, num_segments);
 }
 
 #endif  // ATTN4J_HAVE_CUDA

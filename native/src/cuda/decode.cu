@@ -55,6 +55,7 @@ struct Params : AttnIo {
     int num_pages;  // page ids are checked against these (cuda/table_check.cuh)
     int64_t num_indices;
     TableErrorRecord* table_errors;
+    int allow_empty;  // TableCheck::allow_empty
 };
 
 __device__ __forceinline__ float ex2(float x) {
@@ -136,8 +137,9 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p) {
     const int page_beg = p.indptr[b];
     const int page_end = p.indptr[b + 1];
     const int last_len = p.last_page_len[b];
-    if (!sequence_table_ok(p, b, page_beg, page_end, last_len)) {
-        if (c == 0) write_nan_rows(p, b, kvh * p.group + tile * GT, min(GT, p.group - tile * GT), D);
+    const bool empty = sequence_empty(p, page_beg, page_end, last_len);
+    if (empty || !sequence_table_ok(p, b, page_beg, page_end, last_len)) {
+        if (c == 0) write_fixed_rows(p, b, kvh * p.group + tile * GT, min(GT, p.group - tile * GT), D, !empty);
         return;
     }
     const int np = page_end - page_beg;
@@ -342,7 +344,8 @@ __global__ void __launch_bounds__(128) merge_kernel(const Params p) {
     const int b = w / p.num_qo_heads;
     const int qo = w - b * p.num_qo_heads;
     const int beg = p.indptr[b], end = p.indptr[b + 1];
-    if (!sequence_table_ok(p, b, beg, end, p.last_page_len[b])) return;  // NaN rows written already
+    const int last = p.last_page_len[b];
+    if (sequence_empty(p, beg, end, last) || !sequence_table_ok(p, b, beg, end, last)) return;  // rows written already
     int per, used;
     chunk_geometry(end - beg, p.num_chunks, p.min_chunk_pages, per, used);
     const int64_t row0 = int64_t(b) * p.num_chunks * p.num_qo_heads + qo;
@@ -492,6 +495,7 @@ public:
         p.num_pages = a.kv.num_pages;
         p.num_indices = check.num_indices;
         p.table_errors = check.record;
+        p.allow_empty = check.allow_empty ? 1 : 0;
 
         const dim3 grid(unsigned(p.num_chunks), unsigned(desc_.num_kv_heads * head_tiles_), unsigned(batch));
         kernel_<<<grid, kThreads, size_t(smem_), stream>>>(p);

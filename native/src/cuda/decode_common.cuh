@@ -41,6 +41,7 @@ struct DecodeParamsBase : AttnIo {
     int num_pages;  // page ids are checked against these (cuda/table_check.cuh)
     int64_t num_indices;
     TableErrorRecord* table_errors;
+    int allow_empty;  // TableCheck::allow_empty
 };
 
 __device__ __forceinline__ float ex2(float x) {
@@ -137,7 +138,8 @@ __global__ void __launch_bounds__(HPB * WPH * 32) merge_kernel(const DecodeParam
     const int b = w / p.num_qo_heads;
     const int qo = w - b * p.num_qo_heads;
     const int beg = p.indptr[b], end = p.indptr[b + 1];
-    if (!sequence_table_ok(p, b, beg, end, p.last_page_len[b])) return;  // NaN rows written already
+    const int last = p.last_page_len[b];
+    if (sequence_empty(p, beg, end, last) || !sequence_table_ok(p, b, beg, end, last)) return;  // rows written already
     int per, used;
     chunk_geometry(end - beg, p.num_chunks, p.min_chunk_pages, per, used);
     const int64_t row0 = int64_t(b) * p.num_chunks * p.num_qo_heads + qo;
@@ -238,6 +240,7 @@ inline void fill_common(DecodeParamsBase& p, const DecodeArgs& a, const TableChe
     p.num_pages = a.kv.num_pages;
     p.num_indices = check.num_indices;
     p.table_errors = check.record;
+    p.allow_empty = check.allow_empty ? 1 : 0;
 }
 
 }  // namespace attn4j::cuda::detail

@@ -619,8 +619,9 @@ __global__ void __launch_bounds__(kThreads) qdecode_kernel(const QParams p) {
     const int b = blockIdx.z;
     const int h0 = tile * kGT;
     const int beg = p.indptr[b], end = p.indptr[b + 1], last = p.last_page_len[b];
-    if (!sequence_table_ok(p, b, beg, end, last)) {
-        if (c == 0) write_nan_rows(p, b, kvh * p.group + h0, min(kGT, p.group - h0), D);
+    const bool empty = sequence_empty(p, beg, end, last);
+    if (empty || !sequence_table_ok(p, b, beg, end, last)) {
+        if (c == 0) write_fixed_rows(p, b, kvh * p.group + h0, min(kGT, p.group - h0), D, !empty);
         return;
     }
     ChunkSpan span;
@@ -778,8 +779,9 @@ __global__ void __launch_bounds__(kPThreads, 2) qdecode_pages_kernel(const QPara
     const int TT = 16 * SPW * wph;                 // tokens per stage
 
     const int beg = p.indptr[b], end = p.indptr[b + 1], last = p.last_page_len[b];
-    if (!sequence_table_ok(p, b, beg, end, last)) {
-        if (c == 0) write_nan_rows(p, b, hb * p.group, kh * p.group, D);
+    const bool empty = sequence_empty(p, beg, end, last);
+    if (empty || !sequence_table_ok(p, b, beg, end, last)) {
+        if (c == 0) write_fixed_rows(p, b, hb * p.group, kh * p.group, D, !empty);
         return;
     }
     ChunkSpan span;

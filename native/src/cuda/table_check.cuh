@@ -34,6 +34,9 @@ struct TableErrorRecord {
 struct TableCheck {
     int64_t num_indices = INT64_MAX;     // elements of table.indices
     TableErrorRecord* record = nullptr;  // device pointer of the record; nullptr: do not report
+    // A segment of attn4j_decode_run_segments: a sequence may own no tokens here (indptr[b] ==
+    // indptr[b + 1], last_page_len[b] == 0); its rows get output 0 and LSE -inf.
+    bool allow_empty = false;
 };
 
 #ifdef __CUDACC__
@@ -85,15 +88,23 @@ __device__ __forceinline__ void report_bad_page(const P& p, int b, const int* pa
     }
 }
 
-// NaN output rows (and LSE) of query heads qo0 .. qo0 + n of sequence b; every thread of the CTA.
+// True for a sequence with no tokens in this segment, when the run allows them (TableCheck::allow_empty).
 template <class P>
-__device__ __forceinline__ void write_nan_rows(const P& p, int b, int qo0, int n, int head_dim) {
+__device__ __forceinline__ bool sequence_empty(const P& p, int beg, int end, int last) {
+    return p.allow_empty && end == beg && last == 0;
+}
+
+// Output rows (and LSE) of query heads qo0 .. qo0 + n of sequence b, every thread of the CTA: NaN
+// for an invalid table (`nan`), else those of an empty segment (output 0, LSE -inf).
+template <class P>
+__device__ __forceinline__ void write_fixed_rows(const P& p, int b, int qo0, int n, int head_dim, bool nan) {
+    const float lse = nan ? __int_as_float(0x7FC00000) : -INFINITY;
     for (int i = threadIdx.x; i < n * head_dim; i += blockDim.x) {
         const int qo = qo0 + i / head_dim, d = i % head_dim;
         const int64_t o = int64_t(b) * p.o_row + int64_t(qo) * p.o_head + d;
-        if (p.out_dtype == ATTN4J_DTYPE_F32) static_cast<float*>(p.out)[o] = __int_as_float(0x7FC00000);
-        else static_cast<uint16_t*>(p.out)[o] = p.out_dtype == ATTN4J_DTYPE_F16 ? 0x7E00 : 0x7FC0;
-        if (d == 0 && p.lse) p.lse[int64_t(b) * p.lse_row + int64_t(qo) * p.lse_head] = __int_as_float(0x7FC00000);
+        if (p.out_dtype == ATTN4J_DTYPE_F32) static_cast<float*>(p.out)[o] = nan ? __int_as_float(0x7FC00000) : 0.f;
+        else static_cast<uint16_t*>(p.out)[o] = !nan ? 0 : p.out_dtype == ATTN4J_DTYPE_F16 ? 0x7E00 : 0x7FC0;
+        if (d == 0 && p.lse) p.lse[int64_t(b) * p.lse_row + int64_t(qo) * p.lse_head] = lse;
     }
 }
 

@@ -96,7 +96,9 @@ public final class DecodePlan extends Plan {
      * middle, its BF16 sinks and window and its salient tokens, merged by log-sum-exp in the same
      * native call. The plan is made {@linkplain Builder#forCache(TieredKvCache) for the cache}.
      * {@code lse} may be null. With salient tokens on, the queries and their log-sum-exp are
-     * recorded as the cache's probes ({@code q} is then read back from host memory).
+     * recorded as the cache's probes ({@code q} is then read back from host memory). On CUDA
+     * each part is one kernel into plan scratch, then an LSE merge; the first run allocates that
+     * scratch (and a BF16 kernel), so run once before capturing the step in a graph.
      */
     public void run(Tensor q, TieredKvCache cache, int layer, TieredKvCache.Tables tables, Tensor out, Tensor lse) {
         MemorySegment plan = handle();
@@ -109,8 +111,8 @@ public final class DecodePlan extends Plan {
         if (tables.owner != cache) {
             throw Attn4jException.invalid("tables: made by another tiered cache");
         }
-        if (device.kind() != Device.Kind.CPU) {
-            throw new Attn4jException(Status.UNSUPPORTED, "cache: tiered caches decode on CPU only, this plan runs on "
+        if (!cache.precise().device().equals(device)) {
+            throw Attn4jException.invalid("cache: pages on " + cache.precise().device() + ", but the plan runs on "
                     + device);
         }
         long kvSize = attn4j_paged_kv.sizeof();

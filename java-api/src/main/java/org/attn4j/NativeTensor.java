@@ -64,16 +64,17 @@ final class NativeTensor {
     }
 
     /**
-     * Writes a host [rows, heads, dim] view at {@code address} (inside {@code owner}) without
-     * creating a segment object: a page of a cache as the source of an append.
+     * Writes a [rows, heads, dim] view at {@code address} ({@code bytes} of memory of
+     * {@code device} from there) without creating a segment object: a page of a cache as the
+     * source of an append. (Device segments carry an address but no size, hence the explicit one.)
      */
-    static void fillView(MemorySegment desc, MemorySegment owner, long offset, DType dtype, long rows, long heads,
-            long dim, long rowStride, long headStride) {
-        desc.set(ValueLayout.JAVA_LONG, attn4j_tensor.data$offset(), owner.address() + offset);
-        attn4j_tensor.size_bytes(desc, owner.byteSize() - offset);
+    static void fillView(MemorySegment desc, long address, long bytes, DType dtype, long rows, long heads, long dim,
+            long rowStride, long headStride, Device device) {
+        desc.set(ValueLayout.JAVA_LONG, attn4j_tensor.data$offset(), address);
+        attn4j_tensor.size_bytes(desc, bytes);
         attn4j_tensor.dtype(desc, dtype.code());
-        attn4j_tensor.device_type(desc, Device.Kind.CPU.code);
-        attn4j_tensor.device_id(desc, 0);
+        attn4j_tensor.device_type(desc, device.kind().code);
+        attn4j_tensor.device_id(desc, device.index());
         attn4j_tensor.rank(desc, 3);
         attn4j_tensor.shape(desc, 0, rows);
         attn4j_tensor.shape(desc, 1, heads);

@@ -31,7 +31,7 @@ import org.attn4j.quant.Calibration;
  * <p>On a CUDA {@link Attn4j} the pages are device memory (owned by the cache's own
  * {@link DeviceArena}); {@link #write} then takes device K/V tensors and enqueues on the current
  * stream, and page tables ({@link #pageTable}, reservations) are device tables, uploaded from
- * pinned staging when filled, so a decode step allocates nothing. {@link TieredKvCache} is CPU only.
+ * pinned staging when filled, so a decode step allocates nothing.
  */
 public final class PagedKvCache implements AutoCloseable {
     private final Attn4j lib;
@@ -623,12 +623,17 @@ public final class PagedKvCache implements AutoCloseable {
             throw new Attn4jException(Status.INTERNAL, "writeFromPage: source cache or reservation does not match");
         }
         long off = srcPage * src.pageBytes;
+        Device device = lib.device();
         if (tokens == null) {
-            NativeTensor.fillView(kDesc, src.kSlabs[layer], off, src.dtype, pageSize, kvHeads, headDim, headDim,
-                    (long) pageSize * headDim);
-            NativeTensor.fillView(vDesc, src.vSlabs[layer], off, src.dtype, pageSize, kvHeads, headDim, headDim,
-                    (long) pageSize * headDim);
+            long left = src.pageBytes * src.numPages - off;
+            NativeTensor.fillView(kDesc, src.kSlabs[layer].address() + off, left, src.dtype, pageSize, kvHeads, headDim,
+                    headDim, (long) pageSize * headDim, device);
+            NativeTensor.fillView(vDesc, src.vSlabs[layer].address() + off, left, src.dtype, pageSize, kvHeads, headDim,
+                    headDim, (long) pageSize * headDim, device);
         } else {
+            if (deviceArena != null) {
+                throw new Attn4jException(Status.INTERNAL, "writeFromPage: token gathers run on host pages only");
+            }
             // Gather the chosen rows into [n, kvHeads, headDim] (pages are [kvHeads, pageSize, headDim]).
             long rowBytes = (long) headDim * src.dtype.byteSize();
             if (gatherK == null || gatherK.byteSize() < (long) pageSize * kvHeads * rowBytes) {
@@ -643,8 +648,10 @@ public final class PagedKvCache implements AutoCloseable {
                     MemorySegment.copy(src.vSlabs[layer], from, gatherV, to, rowBytes);
                 }
             }
-            NativeTensor.fillView(kDesc, gatherK, 0, src.dtype, n, kvHeads, headDim, (long) kvHeads * headDim, headDim);
-            NativeTensor.fillView(vDesc, gatherV, 0, src.dtype, n, kvHeads, headDim, (long) kvHeads * headDim, headDim);
+            NativeTensor.fillView(kDesc, gatherK.address(), gatherK.byteSize(), src.dtype, n, kvHeads, headDim,
+                    (long) kvHeads * headDim, headDim, device);
+            NativeTensor.fillView(vDesc, gatherV.address(), gatherV.byteSize(), src.dtype, n, kvHeads, headDim,
+                    (long) kvHeads * headDim, headDim, device);
         }
         Native.check(Attn4jNative.attn4j_paged_kv_append(lib.handle(), layerStructs[layer],
                 r.table.nativeStruct("reservation.table"), r.appendIndptrDesc, kDesc, vDesc), "write");
@@ -702,7 +709,8 @@ public final class PagedKvCache implements AutoCloseable {
         }
     }
 
-    private PageTable newTable(int maxBatch, int maxPages) {
+    /** A page table on the cache's device (a CUDA one lives until the cache closes). */
+    PageTable newTable(int maxBatch, int maxPages) {
         return deviceArena == null ? PageTable.allocate(Arena.ofAuto(), maxBatch, maxPages)
                 : PageTable.allocate(deviceArena, maxBatch, maxPages);
     }

@@ -1,7 +1,5 @@
 package org.attn4j;
 
-import java.lang.foreign.Arena;
-
 import org.attn4j.quant.Calibration;
 
 /**
@@ -19,6 +17,10 @@ import org.attn4j.quant.Calibration;
  * {@code window + pageSize - 1} tokens. Sequence ids are the same in both parts. A step (reserve,
  * write, fill tables, decode) allocates nothing on the Java heap, moves included. Not
  * thread-safe.
+ *
+ * <p>On a CUDA {@link Attn4j} every part is device memory; a move is a device-to-device append
+ * (quantize-on-write on the GPU, which synchronizes like {@link PagedKvCache#write}), and decode
+ * runs one kernel per part and merges them by LSE on the GPU (the CPU does all parts in one pass).
  *
  * <p><b>Salient tokens</b> ({@link Builder#salient}, ZipCache-style): a third, BF16 part keeps the
  * middle tokens that recent queries attended to. Each tiered decode run records its queries and
@@ -182,10 +184,6 @@ public final class TieredKvCache implements AutoCloseable {
         }
 
         public TieredKvCache build() {
-            if (lib.device().kind() != Device.Kind.CPU) {
-                throw new Attn4jException(Status.UNSUPPORTED, "lib: tiered KV caches run on CPU only (the CUDA decode "
-                        + "reads one cache segment per run); on " + lib.device() + " use a PagedKvCache");
-            }
             if (format == null || !format.isQuantized()) {
                 throw Attn4jException.invalid("format: a tiered cache needs a quantized format (KvFormat.quantized), got "
                         + format);
@@ -199,6 +197,10 @@ public final class TieredKvCache implements AutoCloseable {
             }
             if (window < 0) {
                 throw Attn4jException.invalid("window: must be >= 0, got " + window);
+            }
+            if ((salientPages != 0 || salientFraction != 0) && lib.device().kind() != Device.Kind.CPU) {
+                throw new Attn4jException(Status.UNSUPPORTED, "salient: salient tokens are scored from host pages, "
+                        + "on CPU only in this release; on " + lib.device() + " build the tiered cache without them");
             }
             if (salientPages != 0 || salientFraction != 0) {
                 if (!(salientFraction > 0 && salientFraction <= 1)) {
@@ -577,11 +579,14 @@ public final class TieredKvCache implements AutoCloseable {
         }
     }
 
-    /** Tables with room for {@code maxBatch} sequences of up to {@code maxPages} pages per part. */
+    /**
+     * Tables with room for {@code maxBatch} sequences of up to {@code maxPages} pages per part, on
+     * the cache's device (CUDA tables are held until the cache closes: make them once, refill them
+     * with {@link #fillTables}).
+     */
     public Tables newTables(int maxBatch, int maxPages) {
-        Arena a = Arena.ofAuto();
-        return new Tables(this, PageTable.allocate(a, maxBatch, maxPages), PageTable.allocate(a, maxBatch, maxPages),
-                salient == null ? null : PageTable.allocate(a, maxBatch, maxPages), maxBatch);
+        return new Tables(this, quantized.newTable(maxBatch, maxPages), precise.newTable(maxBatch, maxPages),
+                salient == null ? null : salient.newTable(maxBatch, maxPages), maxBatch);
     }
 
     /** Rewrites {@code tables} for {@code seqs} (allocates nothing). */
