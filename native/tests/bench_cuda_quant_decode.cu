@@ -32,29 +32,10 @@
 
 using namespace attn4j;
 using a4j_bench::fill_bf16;
+using a4j_bench::fill_quant;
 using a4j_bench::hash32;
 using a4j_bench::median;
 
-namespace {
-
-// Quantized pool of [blocks] of (codes [code_region bytes], F32 meta {scale, zero}...): random
-// codes, scale in [0.5, 1.5] * 4 / max_code, zero in [-2.5, -1.5].
-__global__ void fill_quant(uint32_t* p, size_t words, int block_words, int code_words, float max_code,
-                           uint32_t seed) {
-    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < words; i += size_t(gridDim.x) * blockDim.x) {
-        const uint32_t x = hash32(uint32_t(i) * 2654435761u ^ seed);
-        const int off = int(i % size_t(block_words));
-        if (off < code_words) {
-            p[i] = x;
-        } else {
-            const float u = float(x >> 8) * (1.f / 16777216.f);
-            const float v = ((off - code_words) & 1) ? -1.5f - u : (0.5f + u) * 4.f / max_code;
-            p[i] = __float_as_uint(v);
-        }
-    }
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
     int n = 0;

@@ -66,7 +66,7 @@ public:
         check_device_pointer(a.out.data, "out", device_);
         check_device_pointer(a.lse.data, "lse", device_);
         if (num_segments == 1) {
-            run_segment(*kernel_, a, tables[0], dims[0], false, "cache");
+            run_segment(*kernel_, a, tables[0], dims[0], false, "cache", static_cast<cudaStream_t>(ctx_.cuda_stream));
             return;
         }
         // Segments: each one's decode writes F32 partials [batch][segment][head] to plan scratch
@@ -78,6 +78,17 @@ public:
         for (int s = 0; s < num_segments; ++s)  // before any launch: a dtype no kernel serves fails here
             kernels[s] = &kernel_for(s == 0 ? a.kv.dtype : a.extra[s - 1].kv.dtype, names[s]);
         ensure_segment_scratch();
+        // Segments whose kernel is not segment 0's (they would share its workspace) run on a side
+        // stream forked from and joined to the context's stream by events, alongside segment 0:
+        // the small BF16 parts of a tiered cache then hide behind the quantized middle.
+        const cudaStream_t main = static_cast<cudaStream_t>(ctx_.cuda_stream);
+        bool forked = false;
+        for (int s = 1; s < num_segments; ++s) forked |= kernels[s] != kernels[0];
+        if (forked) {
+            ensure_side_stream();
+            cuda_check(cudaEventRecord(fork_, main), "recording the fork event");
+            cuda_check(cudaStreamWaitEvent(side_, fork_, 0), "the side stream waiting for the fork");
+        }
         for (int s = 0; s < num_segments; ++s) {
             DecodeArgs sa = a;
             sa.num_extra_segments = 0;
@@ -89,7 +100,12 @@ public:
             sa.lse.data = seg_lse_ + s * qo;
             sa.lse.row_stride = n * qo;
             sa.lse.head_stride = 1;
-            run_segment(*kernels[s], sa, tables[s], dims[s], true, names[s]);
+            run_segment(*kernels[s], sa, tables[s], dims[s], true, names[s],
+                        kernels[s] != kernels[0] ? side_ : main);
+        }
+        if (forked) {
+            cuda_check(cudaEventRecord(join_, side_), "recording the join event");
+            cuda_check(cudaStreamWaitEvent(main, join_, 0), "the stream waiting for the side stream");
         }
         cpu::MergeStatesArgs m;
         m.n = dims[0].batch;
@@ -112,7 +128,7 @@ public:
         m.s_out = a.lse.data;
         m.s_out_stride[0] = a.lse.row_stride;
         m.s_out_stride[1] = a.lse.head_stride;
-        const cudaError_t e = cuda::merge_states(m, static_cast<cudaStream_t>(ctx_.cuda_stream));
+        const cudaError_t e = cuda::merge_states(m, main);
         if (e != cudaSuccess)
             cuda_fail(e, "attn4j_decode_run_segments: CUDA merge launch on cuda:" + std::to_string(device_) +
                              " failed");
@@ -122,12 +138,15 @@ public:
     CudaDecodePlan& operator=(const CudaDecodePlan&) = delete;
     ~CudaDecodePlan() {
         if (seg_o_) cudaFree(seg_o_);
+        if (join_) cudaEventDestroy(join_);
+        if (fork_) cudaEventDestroy(fork_);
+        if (side_) cudaStreamDestroy(side_);
     }
 
 private:
     // One kernel run over one cache: the device-side checks of the cache and table, then the launch.
     void run_segment(cuda::DecodeKernel& kernel, DecodeArgs& a, const attn4j_page_table& table,
-                     const PageTableDims& dims, bool allow_empty, const char* cache_name) {
+                     const PageTableDims& dims, bool allow_empty, const char* cache_name, cudaStream_t launch_on) {
         // The kernel streams pages with 16-byte cp.async: both page buffers must be 16-aligned
         // (head_dim is a multiple of 8 elements, so every page and row then is too).
         const auto aligned16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
@@ -166,7 +185,7 @@ private:
         a.table.indptr = static_cast<const int32_t*>(table.indptr.data);
         a.table.indices = static_cast<const int32_t*>(table.indices.data);
         a.table.last_page_len = static_cast<const int32_t*>(table.last_page_len.data);
-        const cudaError_t e = kernel.run(a, stream, check);
+        const cudaError_t e = kernel.run(a, launch_on, check);
         if (e != cudaSuccess)
             cuda_fail(e, "attn4j_decode_run: CUDA decode launch on cuda:" + std::to_string(device_) +
                              " failed");
@@ -187,6 +206,20 @@ private:
             k = cuda::make_decode_kernel(d, device_);
         }
         return *k;
+    }
+
+    // The side stream and its fork / join events, made by the first segmented run that needs them.
+    void ensure_side_stream() {
+        if (side_) return;
+        cuda_check(cudaEventCreateWithFlags(&fork_, cudaEventDisableTiming), "creating the fork event");
+        cuda_check(cudaEventCreateWithFlags(&join_, cudaEventDisableTiming), "creating the join event");
+        cuda_check(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking), "creating the side stream");
+    }
+
+    void cuda_check(cudaError_t e, const char* what) const {
+        if (e != cudaSuccess)
+            cuda_fail(e, S("attn4j_decode_run_segments: ") + what + " on cuda:" + std::to_string(device_) +
+                             " failed");
     }
 
     // F32 partial outputs then LSEs of every segment: [max_batch][kMaxKvSegments][qo heads] x (head_dim + 1).
@@ -261,6 +294,9 @@ private:
     std::unique_ptr<cuda::DecodeKernel> f16_kernel_;
     float* seg_o_ = nullptr;  // segment scratch (ensure_segment_scratch); seg_lse_ lies in the same allocation
     float* seg_lse_ = nullptr;
+    cudaStream_t side_ = nullptr;  // segments with their own kernel run here (ensure_side_stream)
+    cudaEvent_t fork_ = nullptr;
+    cudaEvent_t join_ = nullptr;
     PinnedI32 hdr_;  // indptr [batch + 1] then last_page_len [batch]
     PinnedI32 idx_;  // indices [indptr[batch]]
 };

@@ -1,6 +1,10 @@
 package org.attn4j;
 
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
 import java.util.Arrays;
+
+import org.attn4j.internal.Floats;
 
 /**
  * Salience of a {@link TieredKvCache}'s window tokens (ZipCache's normalized attention score), from
@@ -111,9 +115,24 @@ final class TokenSalience {
         int slot = r.next[layer];
         float[] dq = r.q[layer];
         int base = slot * qoHeads * headDim;
-        long src = row * qoHeads * headDim;
-        for (int i = 0; i < qoHeads * headDim; i++) {
-            dq[base + i] = q.getFlat(src + i);
+        if (q.stride(2) == 1 && q.stride(1) == headDim) {
+            // A contiguous row: read it straight (getFlat's index arithmetic per element cost more than the scoring).
+            MemorySegment seg = q.segment();
+            long at = row * q.stride(0);
+            int n = qoHeads * headDim;
+            for (int i = 0; i < n; i++) {
+                dq[base + i] = switch (q.dtype()) {
+                    case F32 -> seg.getAtIndex(ValueLayout.JAVA_FLOAT_UNALIGNED, at + i);
+                    case BF16 -> Floats.fromBf16(seg.getAtIndex(ValueLayout.JAVA_SHORT_UNALIGNED, at + i));
+                    case F16 -> Floats.fromF16(seg.getAtIndex(ValueLayout.JAVA_SHORT_UNALIGNED, at + i));
+                    default -> throw Attn4jException.invalid("q: dtype " + q.dtype() + ", expected F32, F16 or BF16");
+                };
+            }
+        } else {
+            long src = row * qoHeads * headDim;
+            for (int i = 0; i < qoHeads * headDim; i++) {
+                dq[base + i] = q.getFlat(src + i);
+            }
         }
         for (int h = 0; h < qoHeads; h++) {
             r.lse[layer][slot * qoHeads + h] = lse.getFlat(row * qoHeads + h);
@@ -156,11 +175,7 @@ final class TokenSalience {
                 for (int h = 0; h < qoHeads; h++) {
                     int k = ((h / group) * pageSize + t) * headDim;
                     int qo = (i * qoHeads + h) * headDim;
-                    float dot = 0;
-                    for (int x = 0; x < headDim; x++) {
-                        dot += q[qo + x] * keys[k + x];
-                    }
-                    sum += Math.exp(s * dot - r.lse[layer][i * qoHeads + h]) * uniform;
+                    sum += Math.exp(s * dot(q, qo, keys, k) - r.lse[layer][i * qoHeads + h]) * uniform;
                 }
             }
             if (seeing > 0) {
@@ -169,6 +184,21 @@ final class TokenSalience {
             }
         }
         return any;
+    }
+
+    /** q[qo ..] . k[ko ..] over headDim (a multiple of 16): four independent sums for the JIT to overlap. */
+    private float dot(float[] q, int qo, float[] k, int ko) {
+        float a = 0;
+        float b = 0;
+        float c = 0;
+        float d = 0;
+        for (int x = 0; x < headDim; x += 4) {
+            a += q[qo + x] * k[ko + x];
+            b += q[qo + x + 1] * k[ko + x + 1];
+            c += q[qo + x + 2] * k[ko + x + 2];
+            d += q[qo + x + 3] * k[ko + x + 3];
+        }
+        return (a + b) + (c + d);
     }
 
     private Ring ring(int seq) {

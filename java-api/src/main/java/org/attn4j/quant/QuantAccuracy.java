@@ -141,20 +141,9 @@ public final class QuantAccuracy {
     /** fp64 natural-log log-sum-exp per query head of {@code q[off ..]} over the first {@code n} keys. */
     static double[] referenceLse(float[] q, int off, float[] k, int qoHeads, int kvHeads, int d, int n, double scale) {
         double[] lse = new double[qoHeads];
-        int group = qoHeads / kvHeads;
         double[] s = new double[n];
         for (int h = 0; h < qoHeads; h++) {
-            int kh = h / group;
-            double mx = Double.NEGATIVE_INFINITY;
-            for (int t = 0; t < n; t++) {
-                double dot = 0;
-                int ko = (t * kvHeads + kh) * d;
-                for (int i = 0; i < d; i++) {
-                    dot += (double) q[off + h * d + i] * k[ko + i];
-                }
-                s[t] = dot * scale;
-                mx = Math.max(mx, s[t]);
-            }
+            double mx = logits(q, off + h * d, k, h / (qoHeads / kvHeads), kvHeads, d, n, scale, s);
             double sum = 0;
             for (int t = 0; t < n; t++) {
                 sum += Math.exp(s[t] - mx);
@@ -162,6 +151,22 @@ public final class QuantAccuracy {
             lse[h] = mx + Math.log(sum);
         }
         return lse;
+    }
+
+    /** s[t] = scale * q[qo ..] . k[t, kh] for the first n tokens, in fp64; returns their maximum. */
+    private static double logits(float[] q, int qo, float[] k, int kh, int kvHeads, int d, int n, double scale,
+            double[] s) {
+        double mx = Double.NEGATIVE_INFINITY;
+        for (int t = 0; t < n; t++) {
+            double dot = 0;
+            int ko = (t * kvHeads + kh) * d;
+            for (int i = 0; i < d; i++) {
+                dot += (double) q[qo + i] * k[ko + i];
+            }
+            s[t] = dot * scale;
+            mx = Math.max(mx, s[t]);
+        }
+        return mx;
     }
 
     /** {@code ||out - ref|| / ||ref||}: the figure this class and {@code attn4j verify} report. */
@@ -193,16 +198,7 @@ public final class QuantAccuracy {
         double[] s = new double[tokens];
         for (int h = 0; h < qoHeads; h++) {
             int kh = h / group;
-            double mx = Double.NEGATIVE_INFINITY;
-            for (int t = 0; t < tokens; t++) {
-                double dot = 0;
-                int off = (t * kvHeads + kh) * d;
-                for (int i = 0; i < d; i++) {
-                    dot += (double) q[h * d + i] * k[off + i];
-                }
-                s[t] = dot * scale;
-                mx = Math.max(mx, s[t]);
-            }
+            double mx = logits(q, h * d, k, kh, kvHeads, d, tokens, scale, s);
             double sum = 0;
             for (int t = 0; t < tokens; t++) {
                 s[t] = Math.exp(s[t] - mx);
