@@ -47,8 +47,8 @@ public final class TieredKvCache implements AutoCloseable {
     private final int[] pageCount = new int[1];
     private float[] scores = new float[0]; // salience of the tokens moving, grown as needed
     private float[] ranked = new float[0];
-    private final int[] keep; // token indices of one page: salient ones, then the rest
-    private final int[] rest;
+    private final int[] keep; // indices of one page's salient tokens (movePage)
+    private final int[] rest; // and of its other tokens
 
     private TieredKvCache(Builder b) {
         this.sinks = b.sinks;
@@ -318,6 +318,17 @@ public final class TieredKvCache implements AutoCloseable {
     /** Tokens of sequence {@code seq} stored quantized. */
     public long quantizedLength(int seq) {
         return quantized.length(seq);
+    }
+
+    /**
+     * Bytes the tokens of sequence {@code seq} take in one layer, K and V, every part (BF16 sinks,
+     * window and salient tokens, quantized middle with its scales and zeros; not counting the
+     * unused rest of partly filled pages): divided by {@link #length}, the bytes per token this
+     * sequence's mix of precisions costs.
+     */
+    public long bytesOf(int seq) {
+        return precise.length(seq) * precise.bytesPerToken() + quantized.length(seq) * quantized.bytesPerToken()
+                + salientLength(seq) * (salient == null ? 0 : salient.bytesPerToken());
     }
 
     /** Middle tokens of sequence {@code seq} kept in BF16 as salient (0 when salient tokens are off). */

@@ -102,13 +102,7 @@ class GpuTest {
                 SyntheticKv s = SyntheticKv.builder().qoHeads(heads).kvHeads(kvh)
                         .headDim(d).tokens(lengths[i]).seed(seed + i).build();
                 seqs[i] = cache.newSequence();
-                for (int t = 0; t < lengths[i]; t += ps) {
-                    int n = Math.min(ps, lengths[i] - t);
-                    PagedKvCache.Reservation r = cache.reserve(new int[] {seqs[i]}, new int[] {n});
-                    cache.write(0, r, onDevice(lib, mem, arena, Arrays.copyOfRange(s.k(), t * kvh * d,
-                            (t + n) * kvh * d), n, kvh, d), onDevice(lib, mem, arena,
-                            Arrays.copyOfRange(s.v(), t * kvh * d, (t + n) * kvh * d), n, kvh, d));
-                }
+                writeTokens(lib, mem, arena, cache, seqs[i], s);
             }
             cache.compact(new int[] {seqs[0], seqs[1]});
             assertTrue(cache.quantizedLength(seqs[0]) > 0 && cache.quantizedLength(seqs[1]) == 0,
@@ -127,6 +121,72 @@ class GpuTest {
             Tensor host = Tensor.allocate(arena, DType.F32, 3, heads, d);
             lib.copy(out, host);
             return host.toFloatArray();
+        }
+    }
+
+    /** Appends every token of {@code s} to {@code seq} in page-sized steps (moves happen on the way). */
+    private static void writeTokens(Attn4j lib, DeviceArena mem, Arena arena, TieredKvCache cache, int seq,
+            SyntheticKv s) {
+        int kvh = s.kvHeads();
+        int d = s.headDim();
+        int ps = cache.precise().pageSize();
+        for (int t = 0; t < s.tokens(); t += ps) {
+            int n = Math.min(ps, s.tokens() - t);
+            PagedKvCache.Reservation r = cache.reserve(new int[] {seq}, new int[] {n});
+            cache.write(0, r, onDevice(lib, mem, arena, Arrays.copyOfRange(s.k(), t * kvh * d, (t + n) * kvh * d), n,
+                    kvh, d), onDevice(lib, mem, arena, Arrays.copyOfRange(s.v(), t * kvh * d, (t + n) * kvh * d), n,
+                    kvh, d));
+        }
+    }
+
+    /**
+     * A tiered decode (three kernels on two streams, then the merge) captured in a CUDA graph after
+     * one ordinary run (which allocates the plan's segment scratch) replays to the same output.
+     */
+    @Test
+    void tieredDecodeReplaysFromACudaGraph() {
+        long seed = Checks.baseSeed() + 602;
+        int heads = 8;
+        int kvh = 2;
+        int d = 128;
+        SyntheticKv s = SyntheticKv.builder().qoHeads(heads).kvHeads(kvh).headDim(d).tokens(900).seed(seed).build();
+        try (Attn4j lib = Attn4j.open(Device.cuda(0));
+                Arena arena = Arena.ofConfined();
+                DeviceArena mem = lib.newDeviceArena();
+                org.attn4j.Stream stream = lib.newStream();
+                TieredKvCache cache = TieredKvCache.builder(lib).kvHeads(kvh).headDim(d).pageSize(16).numPages(64, 64)
+                        .format(KvFormat.quantized(DType.INT2, 128).withRotation(Rotation.HADAMARD)).sinks(32)
+                        .window(64).build();
+                DecodePlan plan = Attention.decode(lib).forCache(cache).qoHeads(heads).qDType(DType.F32)
+                        .outDType(DType.F32).build()) {
+            int[] seqs = {cache.newSequence()};
+            writeTokens(lib, mem, arena, cache, seqs[0], s);
+            cache.compact(seqs);
+            TieredKvCache.Tables tables = cache.newTables(1, 128);
+            cache.fillTables(tables, seqs);
+            Tensor q = onDevice(lib, mem, arena, s.q(), 1, heads, d);
+            Tensor out = Tensor.allocate(mem, DType.F32, 1, heads, d);
+            Tensor host = Tensor.allocate(arena, DType.F32, 1, heads, d);
+            lib.useStream(stream);
+            try {
+                plan.run(q, cache, 0, tables, out, null);
+                stream.synchronize();
+                lib.copy(out, host);
+                float[] first = host.toFloatArray();
+                host.fill(Float.NaN);
+                lib.copy(host, out);
+                stream.beginCapture();
+                plan.run(q, cache, 0, tables, out, null);
+                try (org.attn4j.CudaGraph step = stream.endCapture()) {
+                    step.launch(stream);
+                    stream.synchronize();
+                }
+                lib.copy(out, host);
+                org.junit.jupiter.api.Assertions.assertArrayEquals(first, host.toFloatArray(),
+                        "graph replay of a tiered decode (seed " + seed + ")");
+            } finally {
+                lib.useDefaultStream();
+            }
         }
     }
 

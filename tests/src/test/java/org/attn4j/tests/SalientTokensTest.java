@@ -200,6 +200,10 @@ class SalientTokensTest extends LibFixture {
             assertEquals(middle, cache.quantizedLength(seq) + cache.salientLength(seq));
             assertEquals((long) Math.floor(0.05 * middle), cache.salientLength(seq),
                     "a retrieval-heavy prompt fills the salient budget at once");
+            long bf16 = 2L * KVH * D * 2;
+            long int8 = cache.quantized().bytesPerToken();
+            assertEquals(cache.precise().length(seq) * bf16 + cache.quantizedLength(seq) * int8
+                    + cache.salientLength(seq) * bf16, cache.bytesOf(seq), "bytes of every part");
             Checks.Output out = Checks.Output.of(arena, DType.F32, 1, HEADS, D);
             plan.run(Tensor.ofFloats(arena, DType.F32, s.q(), 1, HEADS, D), cache, 0, cache.tables(seq), out.tensor,
                     null);
