@@ -2,6 +2,7 @@
 // on; the test's main returns a4j_test::finish(). Tensor builders for the C ABI.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -58,6 +59,25 @@ inline attn4j_tensor dev_tensor(void* data, attn4j_dtype dtype, std::vector<int6
     t.device_type = ATTN4J_DEVICE_CUDA;
     t.device_id = 0;
     return t;
+}
+
+// An attention descriptor with q and out of `io_dtype` and sm_scale 1 / sqrt(head_dim) (or `sm_scale`
+// when > 0): decode and prefill plans in many tests; a case changes the fields it varies.
+inline attn4j_attention_desc attention_desc(int32_t num_qo_heads, int32_t num_kv_heads, int32_t head_dim,
+                                            attn4j_dtype io_dtype, attn4j_dtype kv_dtype, int32_t page_size,
+                                            int32_t max_batch_size, bool causal = false, float sm_scale = 0.f) {
+    attn4j_attention_desc d{};
+    d.struct_size = sizeof d;
+    d.num_qo_heads = num_qo_heads;
+    d.num_kv_heads = num_kv_heads;
+    d.head_dim = head_dim;
+    d.q_dtype = d.out_dtype = io_dtype;
+    d.kv_dtype = kv_dtype;
+    d.causal = causal ? 1 : 0;
+    d.sm_scale = sm_scale > 0.f ? sm_scale : float(1.0 / std::sqrt(double(head_dim)));
+    d.page_size = page_size;
+    d.max_batch_size = max_batch_size;
+    return d;
 }
 
 // One layer's paged KV cache over caller-owned K and V pages of `size_bytes` each, on device 0

@@ -38,17 +38,7 @@ constexpr int HQO = 32, HKV = 8, D = 128, GS = 128, PS = 16, PRECISE = 320;
 attn4j_tensor device_i32(int* p, int64_t n) { return a4j_test::dev_tensor(p, ATTN4J_DTYPE_I32, {n}); }
 
 attn4j_attention_desc decode_desc(attn4j_dtype kv_dtype, int batch) {
-    attn4j_attention_desc d{};
-    d.struct_size = sizeof d;
-    d.num_qo_heads = HQO;
-    d.num_kv_heads = HKV;
-    d.head_dim = D;
-    d.q_dtype = d.out_dtype = ATTN4J_DTYPE_BF16;
-    d.kv_dtype = kv_dtype;
-    d.sm_scale = 1.f / std::sqrt(float(D));
-    d.page_size = PS;
-    d.max_batch_size = batch;
-    return d;
+    return a4j_test::attention_desc(HQO, HKV, D, ATTN4J_DTYPE_BF16, kv_dtype, PS, batch);
 }
 
 attn4j_page_table device_table(const a4j_bench::PageTable& pt, int B) {

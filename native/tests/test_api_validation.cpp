@@ -130,19 +130,7 @@ struct Fixture {
     }
 
     static attn4j_attention_desc desc(bool causal) {
-        attn4j_attention_desc d{};
-        d.struct_size = sizeof d;
-        d.num_qo_heads = H;
-        d.num_kv_heads = KVH;
-        d.head_dim = D;
-        d.q_dtype = ATTN4J_DTYPE_F32;
-        d.kv_dtype = ATTN4J_DTYPE_BF16;
-        d.out_dtype = ATTN4J_DTYPE_F32;
-        d.causal = causal;
-        d.sm_scale = 0.125f;
-        d.page_size = PS;
-        d.max_batch_size = 4;
-        return d;
+        return a4j_test::attention_desc(H, KVH, D, ATTN4J_DTYPE_F32, ATTN4J_DTYPE_BF16, PS, 4, causal, 0.125f);
     }
 
     attn4j_status decode(const attn4j_tensor* q_, const attn4j_paged_kv* c_,

@@ -168,16 +168,7 @@ void run_case(attn4j_context* cpu, attn4j_context* gpu, attn4j_dtype dtype, int 
     attn4j_tensor apt = a4j_test::tensor(ap.data(), ATTN4J_DTYPE_I32, {batch + 1});
     CHECK_MSG(attn4j_paged_kv_append(cpu, &cache, &table, &apt, &kt, &vt) == ATTN4J_OK, attn4j_last_error());
 
-    attn4j_attention_desc desc{};
-    desc.struct_size = sizeof desc;
-    desc.num_qo_heads = H;
-    desc.num_kv_heads = KVH;
-    desc.head_dim = D;
-    desc.q_dtype = desc.out_dtype = ATTN4J_DTYPE_F32;
-    desc.kv_dtype = dtype;
-    desc.sm_scale = 1.f / std::sqrt(float(D));
-    desc.page_size = PS;
-    desc.max_batch_size = batch;
+    const attn4j_attention_desc desc = a4j_test::attention_desc(H, KVH, D, ATTN4J_DTYPE_F32, dtype, PS, batch);
     std::vector<float> q(size_t(batch) * H * D), out_cpu(q.size(), NAN), out_gpu(q.size(), NAN);
     for (float& x : q) x = nd(rng);
     // CPU reference run.

@@ -240,17 +240,8 @@ double run_decode(attn4j_context* ctx, const std::vector<Segment>& segs, std::ve
                   int batch, std::mt19937_64& rng, const std::string& name, double tol) {
     const attn4j_paged_kv& kv0 = segs[0].cache->kv;
     const int d = kv0.head_dim, kvh = kv0.num_kv_heads, G = qoh / kvh;
-    attn4j_attention_desc desc{};
-    desc.struct_size = sizeof desc;
-    desc.num_qo_heads = qoh;
-    desc.num_kv_heads = kvh;
-    desc.head_dim = d;
-    desc.q_dtype = ATTN4J_DTYPE_F32;
-    desc.kv_dtype = kv0.dtype;
-    desc.out_dtype = ATTN4J_DTYPE_F32;
-    desc.sm_scale = float(1.0 / std::sqrt(double(d)));
-    desc.page_size = kv0.page_size;
-    desc.max_batch_size = batch;
+    const attn4j_attention_desc desc =
+        attention_desc(qoh, kvh, d, ATTN4J_DTYPE_F32, kv0.dtype, kv0.page_size, int32_t(batch));
     attn4j_plan* plan = nullptr;
     expect(name + " plan", attn4j_decode_plan_create(ctx, &desc, &plan), ATTN4J_OK, nullptr);
     if (!plan) return 1.0;
@@ -366,16 +357,7 @@ void test_segments(uint64_t seed) {
         run_decode(ctx, {Segment{&qc, &pq, &qlens}, Segment{&hc, &ph, &hlens}}, {&tq, &th}, qoh, 3, rng, nm, 1e-2);
 
         if (rep == 0) {  // bad segmented runs
-            attn4j_attention_desc desc{};
-            desc.struct_size = sizeof desc;
-            desc.num_qo_heads = qoh;
-            desc.num_kv_heads = kvh;
-            desc.head_dim = d;
-            desc.q_dtype = desc.out_dtype = ATTN4J_DTYPE_F32;
-            desc.kv_dtype = qdt;
-            desc.sm_scale = 0.1f;
-            desc.page_size = ps;
-            desc.max_batch_size = 3;
+            attn4j_attention_desc desc = attention_desc(qoh, kvh, d, ATTN4J_DTYPE_F32, qdt, ps, 3, false, 0.1f);
             attn4j_plan* plan = nullptr;
             CHECK(attn4j_decode_plan_create(ctx, &desc, &plan) == ATTN4J_OK);
             std::vector<float> q(size_t(3) * qoh * d, 0.5f), out(q.size());
@@ -448,17 +430,7 @@ void test_prefill(uint64_t seed) {
     Table tb;
     std::vector<float> kr, vr;
     fill(ctx, c, lens, fp, pg, tb, kr, vr, rng, ATTN4J_DTYPE_F32, "prefill");
-    attn4j_attention_desc desc{};
-    desc.struct_size = sizeof desc;
-    desc.num_qo_heads = qoh;
-    desc.num_kv_heads = kvh;
-    desc.head_dim = d;
-    desc.q_dtype = desc.out_dtype = ATTN4J_DTYPE_F32;
-    desc.kv_dtype = ATTN4J_DTYPE_INT4;
-    desc.causal = 1;
-    desc.sm_scale = 0.125f;
-    desc.page_size = ps;
-    desc.max_batch_size = 2;
+    attn4j_attention_desc desc = attention_desc(qoh, kvh, d, ATTN4J_DTYPE_F32, ATTN4J_DTYPE_INT4, ps, 2, true, 0.125f);
     attn4j_plan* plan = nullptr;
     expect("prefill plan", attn4j_prefill_plan_create(ctx, &desc, &plan), ATTN4J_OK, nullptr);
     const int nq[2] = {7, 5};
@@ -560,16 +532,7 @@ void test_bad_inputs() {
         CHECK(c.v == before);
     }
     {  // decode plan for INT2 against an INT4 cache
-        attn4j_attention_desc desc{};
-        desc.struct_size = sizeof desc;
-        desc.num_qo_heads = 4;
-        desc.num_kv_heads = kvh;
-        desc.head_dim = d;
-        desc.q_dtype = desc.out_dtype = ATTN4J_DTYPE_F32;
-        desc.kv_dtype = ATTN4J_DTYPE_INT2;
-        desc.sm_scale = 0.1f;
-        desc.page_size = ps;
-        desc.max_batch_size = 1;
+        attn4j_attention_desc desc = attention_desc(4, kvh, d, ATTN4J_DTYPE_F32, ATTN4J_DTYPE_INT2, ps, 1, false, 0.1f);
         attn4j_plan* plan = nullptr;
         CHECK(attn4j_decode_plan_create(ctx, &desc, &plan) == ATTN4J_OK);
         std::vector<float> q(size_t(4) * d, 0.1f), out(q.size());

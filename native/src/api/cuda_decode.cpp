@@ -66,17 +66,16 @@ public:
         check_device_pointer(a.out.data, "out", device_);
         check_device_pointer(a.lse.data, "lse", device_);
         if (num_segments == 1) {
-            run_segment(*kernel_, a, tables[0], dims[0], false, "cache", static_cast<cudaStream_t>(ctx_.cuda_stream));
+            run_segment(*kernel_, a, tables[0], dims[0], -1, static_cast<cudaStream_t>(ctx_.cuda_stream));
             return;
         }
         // Segments: each one's decode writes F32 partials [batch][segment][head] to plan scratch
         // (output and LSE; a sequence with no tokens in a segment gets 0 and -inf), then one merge
         // kernel combines them by LSE into out / lse.
         const int64_t qo = desc_.num_qo_heads, D = desc_.head_dim, n = num_segments;
-        static const char* const names[kMaxKvSegments] = {"caches[0]", "caches[1]", "caches[2]", "caches[3]"};
         cuda::DecodeKernel* kernels[kMaxKvSegments];
         for (int s = 0; s < num_segments; ++s)  // before any launch: a dtype no kernel serves fails here
-            kernels[s] = &kernel_for(s == 0 ? a.kv.dtype : a.extra[s - 1].kv.dtype, names[s]);
+            kernels[s] = &kernel_for(s == 0 ? a.kv.dtype : a.extra[s - 1].kv.dtype, kCacheNames[s + 1]);
         ensure_segment_scratch();
         // Segments whose kernel is not segment 0's (they would share its workspace) run on a side
         // stream forked from and joined to the context's stream by events, alongside segment 0:
@@ -100,8 +99,7 @@ public:
             sa.lse.data = seg_lse_ + s * qo;
             sa.lse.row_stride = n * qo;
             sa.lse.head_stride = 1;
-            run_segment(*kernels[s], sa, tables[s], dims[s], true, names[s],
-                        kernels[s] != kernels[0] ? side_ : main);
+            run_segment(*kernels[s], sa, tables[s], dims[s], s, kernels[s] != kernels[0] ? side_ : main);
         }
         if (forked) {
             cuda_check(cudaEventRecord(join_, side_), "recording the join event");
@@ -146,7 +144,10 @@ public:
 private:
     // One kernel run over one cache: the device-side checks of the cache and table, then the launch.
     void run_segment(cuda::DecodeKernel& kernel, DecodeArgs& a, const attn4j_page_table& table,
-                     const PageTableDims& dims, bool allow_empty, const char* cache_name, cudaStream_t launch_on) {
+                     const PageTableDims& dims, int segment, cudaStream_t launch_on) {
+        // segment -1: attn4j_decode_run (one cache, no empty sequences); else a segment's index.
+        const char* cache_name = kCacheNames[segment + 1];
+        const bool allow_empty = segment >= 0;
         // The kernel streams pages with 16-byte cp.async: both page buffers must be 16-aligned
         // (head_dim is a multiple of 8 elements, so every page and row then is too).
         const auto aligned16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
@@ -164,8 +165,8 @@ private:
                             "loads (cudaMalloc returns 256-byte aligned memory)");
                 }
         }
-        check_device_pointer(a.kv.k, (S(cache_name) + ".k_data").c_str(), device_);
-        check_device_pointer(a.kv.v, (S(cache_name) + ".v_data").c_str(), device_);
+        check_device_pointer(a.kv.k, kFieldNames[segment + 1][0], device_);
+        check_device_pointer(a.kv.v, kFieldNames[segment + 1][1], device_);
         check_device_pointer(table.indptr.data, "table.indptr", device_);
         check_device_pointer(table.indices.data, "table.indices", device_);
         check_device_pointer(table.last_page_len.data, "table.last_page_len", device_);
@@ -190,6 +191,14 @@ private:
             cuda_fail(e, "attn4j_decode_run: CUDA decode launch on cuda:" + std::to_string(device_) +
                              " failed");
     }
+
+    // Argument names a run reports, by segment + 1 (0: the single cache of attn4j_decode_run).
+    static constexpr const char* kCacheNames[kMaxKvSegments + 1] = {"cache", "caches[0]", "caches[1]", "caches[2]",
+                                                                     "caches[3]"};
+    static constexpr const char* kFieldNames[kMaxKvSegments + 1][2] = {
+        {"cache.k_data", "cache.v_data"},         {"caches[0].k_data", "caches[0].v_data"},
+        {"caches[1].k_data", "caches[1].v_data"}, {"caches[2].k_data", "caches[2].v_data"},
+        {"caches[3].k_data", "caches[3].v_data"}};
 
     // The kernel for a segment of `dtype`: the plan's own, or, for a float segment of a plan of
     // another kv dtype (the BF16 parts of a tiered cache), one made with its workspace on first use.
