@@ -2,11 +2,13 @@
 // against cpu::quantize_row), decode over INT8 / INT4 / INT2 pages and over mixed-precision
 // segments (attn4j_decode_run_segments) against an fp64 attention over the dequantized cache,
 // chunked prefill over a quantized cache, attn4j_kv_token_bytes, and the bad-input matrix of the
-// quantization fields and of segmented runs. Seeds are printed on failure.
+// quantization fields and of segmented runs. Usage: test_quant_api [seed] (default: random, printed).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
@@ -285,6 +287,19 @@ double run_decode(attn4j_context* ctx, const std::vector<Segment>& segs, std::ve
     return worst;
 }
 
+// The kernel's own error over the decoded cache (test_quant holds each ISA path to its bound on
+// realistic keys; these rows have two channels at 6 + 8 sigma and unit-variance queries). The SIMD
+// paths take q as s16 (INT8) or s8 + s8 residual (INT4 / INT2 with >= 32 code bytes per group)
+// and, in that integer case, P.V weights as u8 per 8 tokens; other formats use float FMAs on the
+// codes. Bounds: about 2x the largest error of 131 random seeds on AVX2 (INT8 4.4e-4; integer
+// INT4 / INT2 6.5e-3 rotated, 2.1e-2 unrotated, where the outlier channels set the group's
+// scale; float formats 4e-6), the unrotated one also 2x the 2.98e-2 a CI run drew once.
+double kernel_tolerance(int bits, int group_size, attn4j_rotation rot) {
+    if (bits == 8) return 1e-3;
+    if (group_size * bits / 8 < 32) return 1e-4;  // float path
+    return rot == ATTN4J_ROTATION_NONE ? 6e-2 : 1.5e-2;
+}
+
 const char* rot_name(attn4j_rotation r) {
     return r == ATTN4J_ROTATION_NONE ? "none" : r == ATTN4J_ROTATION_HADAMARD ? "hadamard" : "matrix";
 }
@@ -321,10 +336,7 @@ void test_formats(uint64_t seed) {
                 std::vector<float> kr, vr;
                 fill(ctx, c, lens, free_pages, pg, tb, kr, vr, rng, n % 2 ? ATTN4J_DTYPE_BF16 : ATTN4J_DTYPE_F32, nm);
                 check_bit_exact(c, pg, lens, kr, vr, nm);
-                // The kernel's own error over the decoded cache: integer q and u8 PV weights are
-                // allowed a little. test_quant holds the kernels to tighter bounds on realistic
-                // keys; these rows have two channels at 6 + 8 sigma, unrotated at worst.
-                const double tol = dts[di] == ATTN4J_DTYPE_INT8 ? 5e-3 : 2.5e-2;
+                const double tol = kernel_tolerance(bits_of(dts[di]), groups[gi], rots[ri]);
                 run_decode(ctx, {Segment{&c, &pg, &lens}}, {&tb}, qoh, int(lens.size()), rng, nm, tol);
             }
     attn4j_context_destroy(ctx);
@@ -354,7 +366,8 @@ void test_segments(uint64_t seed) {
         std::vector<float> kr, vr;
         fill(ctx, qc, qlens, fq, pq, tq, kr, vr, rng, ATTN4J_DTYPE_F32, nm);
         fill(ctx, hc, hlens, fh, ph, th, kr, vr, rng, ATTN4J_DTYPE_F32, nm);
-        run_decode(ctx, {Segment{&qc, &pq, &qlens}, Segment{&hc, &ph, &hlens}}, {&tq, &th}, qoh, 3, rng, nm, 1e-2);
+        run_decode(ctx, {Segment{&qc, &pq, &qlens}, Segment{&hc, &ph, &hlens}}, {&tq, &th}, qoh, 3, rng, nm,
+                   kernel_tolerance(bits_of(qdt), 128, ATTN4J_ROTATION_HADAMARD));
 
         if (rep == 0) {  // bad segmented runs
             attn4j_attention_desc desc = attention_desc(qoh, kvh, d, ATTN4J_DTYPE_F32, qdt, ps, 3, false, 0.1f);
@@ -550,8 +563,8 @@ void test_bad_inputs() {
 
 }  // namespace
 
-int main() {
-    const uint64_t seed = std::random_device{}();
+int main(int argc, char** argv) {
+    const uint64_t seed = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : uint64_t(std::random_device{}());
     test_bad_inputs();
     test_formats(seed);
     test_segments(seed + 1);
