@@ -5,7 +5,9 @@
 // never holds the next run's KV. Effective bandwidth = K+V bytes of all tokens / time. Also
 // measures a device-to-device copy (bytes read + written) as the roofline.
 // Usage: bench_cuda_decode [--json PATH] [--min-chunk TOKENS] [--reps N] [--shapes b:L,b:L,...]
-//                          [--page-size N] [--ordered 0|1]
+//                          [--page-size N] [--ordered 0|1] [--pdl 0|1|ab] [--rounds N]
+// --pdl: the split merge as a dependent launch (1, what plans do on sm_90+) or a plain one (0);
+// ab: both, alternated --rounds times per shape (column "dep").
 #include <cuda_runtime.h>
 
 #include "cuda_bench.h"
@@ -33,7 +35,7 @@ int main(int argc, char** argv) {
         return 0;
     }
     std::string json_path, shapes = "1:4096,1:32768,1:131072,64:4096,16:16384,128:1024";
-    int min_chunk = 128, reps = 200, PS = 16;
+    int min_chunk = 128, reps = 200, PS = 16, pdl = 1, rounds = 3;
     bool ordered = false;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!std::strcmp(argv[i], "--json")) json_path = argv[i + 1];
@@ -42,6 +44,8 @@ int main(int argc, char** argv) {
         else if (!std::strcmp(argv[i], "--shapes")) shapes = argv[i + 1];
         else if (!std::strcmp(argv[i], "--page-size")) PS = std::atoi(argv[i + 1]);
         else if (!std::strcmp(argv[i], "--ordered")) ordered = std::atoi(argv[i + 1]) != 0;
+        else if (!std::strcmp(argv[i], "--pdl")) pdl = !std::strcmp(argv[i + 1], "ab") ? -1 : std::atoi(argv[i + 1]);
+        else if (!std::strcmp(argv[i], "--rounds")) rounds = std::atoi(argv[i + 1]);
     }
     cudaDeviceProp prop{};
     CK(cudaGetDeviceProperties(&prop, 0));
@@ -56,7 +60,7 @@ int main(int argc, char** argv) {
                        ",\n  \"page_size\": " + std::to_string(PS) + ",\n  \"shuffled_pages\": " +
                        (ordered ? "false" : "true") + ",\n  \"results\": [\n";
     bool first = true;
-    std::printf("%6s %8s %7s %10s %10s %9s %9s %9s\n", "batch", "seq_len", "chunks", "median_us", "min_us", "TB/s",
+    std::printf("%6s %8s %7s %4s %10s %10s %9s %9s %9s\n", "batch", "seq_len", "chunks", "dep", "median_us", "min_us", "TB/s",
                 "graph_us", "graph_TB/s");
     for (const auto& [B, L] : a4j_bench::parse_shapes(shapes)) {
         const a4j_bench::PageTable pt(B, L, PS, !ordered);
@@ -88,52 +92,55 @@ int main(int argc, char** argv) {
         desc.sm_scale = 1.f / std::sqrt(float(D));
         desc.page_size = PS;
         desc.max_batch_size = B;
-        cuda::DecodeTuning tuning;
-        tuning.min_chunk_tokens = min_chunk;
-        auto kernel = cuda::make_decode_kernel(desc, 0, tuning);
-
         DecodeArgs a = a4j_bench::bench_args(B, HQO, HKV, D, desc.sm_scale, ATTN4J_DTYPE_BF16, PS, pt, dq, dout, dlse);
-
         cudaStream_t s;
         CK(cudaStreamCreate(&s));
-        const std::vector<float> t = a4j_bench::time_runs(s, 20, reps, [&](int i) {
-            a.kv.k = ks[i % nrot];
-            a.kv.v = vs[i % nrot];
-            CK(kernel->run(a, s));
-        });
-        const auto [med_us, min_us] = a4j_bench::median_min_us(t);
-        const double tbs = kv_bytes / (med_us * 1e-6) / 1e12;
-        // CUDA graph of kGraphRuns runs (rotating KV): time per run without host launch gaps.
-        constexpr int kGraphRuns = 20;
-        cudaGraph_t graph;
-        cudaGraphExec_t exec;
-        CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-        for (int i = 0; i < kGraphRuns; ++i) {
-            a.kv.k = ks[i % nrot];
-            a.kv.v = vs[i % nrot];
-            CK(kernel->run(a, s));
-        }
-        CK(cudaStreamEndCapture(s, &graph));
-        CK(cudaGraphInstantiate(&exec, graph, 0));
-        const std::vector<float> tg = a4j_bench::time_runs(s, 3, std::max(5, reps / 10),
-                                                           [&](int) { CK(cudaGraphLaunch(exec, s)); });
-        const double graph_us = median(tg) * 1e3 / kGraphRuns;
-        CK(cudaGraphExecDestroy(exec));
-        CK(cudaGraphDestroy(graph));
-        std::printf("%6d %8d %7d %10.1f %10.1f %9.3f %9.1f %9.3f\n", B, L, kernel->num_chunks(B), med_us, min_us, tbs,
-                    graph_us, kv_bytes / (graph_us * 1e-6) / 1e12);
-        char line[512];
-        std::snprintf(line, sizeof line,
-                      "%s    {\"batch\": %d, \"seq_len\": %d, \"chunks\": %d, \"kv_bytes\": %.0f, "
-                      "\"median_us\": %.2f, \"min_us\": %.2f, \"tb_s\": %.4f, \"graph_us\": %.2f, \"graph_tb_s\": %.4f, "
-                      "\"rotating_buffers\": %d}",
-                      first ? "" : ",\n", B, L, kernel->num_chunks(B), kv_bytes, med_us, min_us, tbs, graph_us,
-                      kv_bytes / (graph_us * 1e-6) / 1e12, nrot);
-        json += line;
-        first = false;
+        // --pdl ab: both merge launches, alternated `rounds` times in this run (A/B); else one.
+        const std::vector<int> variants = pdl < 0 ? std::vector<int>{1, 0} : std::vector<int>{pdl};
+        for (int round = 0; round < (pdl < 0 ? rounds : 1); ++round)
+            for (int dep : variants) {
+                cuda::DecodeTuning tuning;
+                tuning.min_chunk_tokens = min_chunk;
+                tuning.dependent_merge = dep != 0;
+                auto kernel = cuda::make_decode_kernel(desc, 0, tuning);
+                const std::vector<float> t = a4j_bench::time_runs(s, 20, reps, [&](int i) {
+                    a.kv.k = ks[i % nrot];
+                    a.kv.v = vs[i % nrot];
+                    CK(kernel->run(a, s));
+                });
+                const auto [med_us, min_us] = a4j_bench::median_min_us(t);
+                const double tbs = kv_bytes / (med_us * 1e-6) / 1e12;
+                // CUDA graph of kGraphRuns runs (rotating KV): time per run without host launch gaps.
+                constexpr int kGraphRuns = 20;
+                cudaGraph_t graph;
+                cudaGraphExec_t exec;
+                CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+                for (int i = 0; i < kGraphRuns; ++i) {
+                    a.kv.k = ks[i % nrot];
+                    a.kv.v = vs[i % nrot];
+                    CK(kernel->run(a, s));
+                }
+                CK(cudaStreamEndCapture(s, &graph));
+                CK(cudaGraphInstantiate(&exec, graph, 0));
+                const std::vector<float> tg = a4j_bench::time_runs(s, 3, std::max(5, reps / 10),
+                                                                   [&](int) { CK(cudaGraphLaunch(exec, s)); });
+                const double graph_us = median(tg) * 1e3 / kGraphRuns;
+                CK(cudaGraphExecDestroy(exec));
+                CK(cudaGraphDestroy(graph));
+                std::printf("%6d %8d %7d %4d %10.1f %10.1f %9.3f %9.1f %9.3f\n", B, L, kernel->num_chunks(B), dep,
+                            med_us, min_us, tbs, graph_us, kv_bytes / (graph_us * 1e-6) / 1e12);
+                char line[512];
+                std::snprintf(line, sizeof line,
+                              "%s    {\"batch\": %d, \"seq_len\": %d, \"chunks\": %d, \"dependent_merge\": %s, "
+                              "\"kv_bytes\": %.0f, \"median_us\": %.2f, \"min_us\": %.2f, \"tb_s\": %.4f, "
+                              "\"graph_us\": %.2f, \"graph_tb_s\": %.4f, \"rotating_buffers\": %d}",
+                              first ? "" : ",\n", B, L, kernel->num_chunks(B), dep ? "true" : "false", kv_bytes,
+                              med_us, min_us, tbs, graph_us, kv_bytes / (graph_us * 1e-6) / 1e12, nrot);
+                json += line;
+                first = false;
+            }
 
         CK(cudaStreamDestroy(s));
-        kernel.reset();
         for (int r = 0; r < nrot; ++r) {
             CK(cudaFree(ks[r]));
             CK(cudaFree(vs[r]));

@@ -9,6 +9,8 @@
 //   intN-tiered  attn4j_decode_run_segments through the C API, same stream: the quantized middle
 //            (L - 320 tokens) and a BF16 part of 320 tokens (64 sinks + 256 recent), one kernel
 //            each into plan scratch, then the LSE merge kernel.
+// graph_us: the same runs captured 20 at a time in a CUDA graph and replayed (time per run without
+// the host's work between launches; the BF16 row has none).
 // Usage: bench_cuda_tiered_decode [--json PATH] [--reps N] [--shapes b:L,...]
 #include <cuda_runtime.h>
 
@@ -84,6 +86,22 @@ int copies_for(size_t bytes) { return std::max<int>(2, int((256e6 + 2.0 * bytes 
 
 }  // namespace
 
+// Time per run of a CUDA graph of 20 runs captured on s (no host work between kernels).
+template <typename Run>
+double graph_us(cudaStream_t s, int reps, Run&& run) {
+    constexpr int kRuns = 20;
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+    for (int i = 0; i < kRuns; ++i) run(i);
+    CK(cudaStreamEndCapture(s, &graph));
+    CK(cudaGraphInstantiate(&exec, graph, 0));
+    const std::vector<float> t = a4j_bench::time_runs(s, 3, std::max(5, reps / 10), [&](int) { CK(cudaGraphLaunch(exec, s)); });
+    CK(cudaGraphExecDestroy(exec));
+    CK(cudaGraphDestroy(graph));
+    return a4j_bench::median(t) * 1e3 / kRuns;
+}
+
 int main(int argc, char** argv) {
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
@@ -102,8 +120,8 @@ int main(int argc, char** argv) {
     std::printf("device %s; 32 q / 8 kv heads, d 128, page %d shuffled, G%d F32 meta, Hadamard; tiered: %d BF16 "
                 "tokens per sequence; %d reps\n",
                 prop.name, PS, GS, PRECISE, reps);
-    std::printf("%6s %8s %12s %10s %10s %8s %10s\n", "batch", "seq_len", "kv", "median_us", "min_us", "vs_bf16",
-                "vs_plain");
+    std::printf("%6s %8s %12s %10s %10s %8s %10s %9s\n", "batch", "seq_len", "kv", "median_us", "min_us", "vs_bf16",
+                "vs_plain", "graph_us");
     std::string json = "{\n  \"device\": \"" + std::string(prop.name) +
                        "\",\n  \"num_qo_heads\": 32, \"num_kv_heads\": 8, \"head_dim\": 128, \"page_size\": 16, "
                        "\"group_size\": 128, \"meta\": \"f32\", \"rotation\": \"hadamard\", \"precise_tokens\": " +
@@ -133,14 +151,15 @@ int main(int argc, char** argv) {
             attn4j_attention_desc desc = decode_desc(ATTN4J_DTYPE_BF16, B);
             auto kernel = cuda::make_decode_kernel(desc, 0);
             DecodeArgs a = a4j_bench::bench_args(B, HQO, HKV, D, desc.sm_scale, desc.kv_dtype, PS, all, dq, dout, dlse);
-            const std::vector<float> t = a4j_bench::time_runs(s, 20, reps, [&](int i) {
+            const auto run = [&](int i) {
                 a.kv.k = kv.k[size_t(i) % kv.k.size()];
                 a.kv.v = kv.v[size_t(i) % kv.v.size()];
                 CK(kernel->run(a, s));
-            });
+            };
+            const std::vector<float> t = a4j_bench::time_runs(s, 20, reps, run);
             bf16_us = a4j_bench::median_min_us(t).first;
-            std::printf("%6d %8d %12s %10.1f %10.1f %8s %10s\n", B, L, "bf16", bf16_us, a4j_bench::median_min_us(t).second,
-                        "1.00x", "");
+            std::printf("%6d %8d %12s %10.1f %10.1f %8s %10s %9.1f\n", B, L, "bf16", bf16_us,
+                        a4j_bench::median_min_us(t).second, "1.00x", "", graph_us(s, reps, run));
         }
         const size_t precise_bytes = size_t(precise.num_pages) * HKV * PS * 2 * D;
         Pools pkv(copies_for(precise_bytes), precise_bytes, 16, none);
@@ -160,17 +179,20 @@ int main(int argc, char** argv) {
                 const size_t bytes = size_t(pt.num_pages) * HKV * PS * size_t(f.token_bytes());
                 Pools qkv(copies_for(bytes), bytes, bits, f);
                 std::vector<float> t;
+                double g_us = 0;
                 if (mode == 0) {
                     auto kernel = cuda::make_quant_decode_kernel(desc, 0);
                     DecodeArgs a = a4j_bench::bench_args(B, HQO, HKV, D, desc.sm_scale, dt, PS, all, dq, dout, dlse);
                     a.kv.quant = f;
                     a.kv.k_rot.kind = ATTN4J_ROTATION_HADAMARD;
                     a.kv.v_rot.kind = ATTN4J_ROTATION_HADAMARD;
-                    t = a4j_bench::time_runs(s, 20, reps, [&](int i) {
+                    const auto run = [&](int i) {
                         a.kv.k = qkv.k[size_t(i) % qkv.k.size()];
                         a.kv.v = qkv.v[size_t(i) % qkv.v.size()];
                         CK(kernel->run(a, s));
-                    });
+                    };
+                    t = a4j_bench::time_runs(s, 20, reps, run);
+                    g_us = graph_us(s, reps, run);
                 } else {
                     attn4j_plan* plan = nullptr;
                     CHECK_MSG(attn4j_decode_plan_create(ctx, &desc, &plan) == ATTN4J_OK, attn4j_last_error());
@@ -182,7 +204,7 @@ int main(int argc, char** argv) {
                     const attn4j_page_table tables[2] = {device_table(pt, B), device_table(precise, B)};
                     attn4j_tensor q = a4j_test::dev_tensor(dq, ATTN4J_DTYPE_BF16, {B, HQO, D});
                     attn4j_tensor o = a4j_test::dev_tensor(dout, ATTN4J_DTYPE_BF16, {B, HQO, D});
-                    t = a4j_bench::time_runs(s, 20, reps, [&](int i) {
+                    const auto run = [&](int i) {
                         caches[0].k_data = qkv.k[size_t(i) % qkv.k.size()];
                         caches[0].v_data = qkv.v[size_t(i) % qkv.v.size()];
                         caches[1].k_data = pkv.k[size_t(i) % pkv.k.size()];
@@ -190,21 +212,23 @@ int main(int argc, char** argv) {
                         CHECK_MSG(attn4j_decode_run_segments(plan, &q, tiered ? 2 : 1, caches, tables, &o, nullptr) ==
                                       ATTN4J_OK,
                                   attn4j_last_error());
-                    });
+                    };
+                    t = a4j_bench::time_runs(s, 20, reps, run);
+                    g_us = graph_us(s, reps, run);
                     CHECK_MSG(attn4j_stream_synchronize(st) == ATTN4J_OK, attn4j_last_error());
                     attn4j_plan_destroy(plan);
                 }
                 const auto [med_us, min_us] = a4j_bench::median_min_us(t);
                 if (mode == 0) plain_us = med_us;
                 const std::string row_name = name + (mode == 1 ? "-api" : tiered ? "-tiered" : "");
-                std::printf("%6d %8d %12s %10.1f %10.1f %7.2fx %9.2fx\n", B, L, row_name.c_str(), med_us, min_us,
-                            bf16_us / med_us, plain_us / med_us);
+                std::printf("%6d %8d %12s %10.1f %10.1f %7.2fx %9.2fx %9.1f\n", B, L, row_name.c_str(), med_us, min_us,
+                            bf16_us / med_us, plain_us / med_us, g_us);
                 std::fflush(stdout);
                 char row[320];
                 std::snprintf(row, sizeof row,
                               "    {\"batch\": %d, \"seq_len\": %d, \"kv\": \"%s\", \"median_us\": %.2f, \"min_us\": %.2f, "
-                              "\"bf16_us\": %.2f, \"speedup_vs_bf16\": %.3f}",
-                              B, L, row_name.c_str(), med_us, min_us, bf16_us, bf16_us / med_us);
+                              "\"bf16_us\": %.2f, \"speedup_vs_bf16\": %.3f, \"graph_us\": %.2f}",
+                              B, L, row_name.c_str(), med_us, min_us, bf16_us, bf16_us / med_us, g_us);
                 json += (first ? "" : ",\n") + std::string(row);
                 first = false;
             }

@@ -79,7 +79,9 @@ public:
         ensure_segment_scratch();
         // Segments whose kernel is not segment 0's (they would share its workspace) run on a side
         // stream forked from and joined to the context's stream by events, alongside segment 0:
-        // the small BF16 parts of a tiered cache then hide behind the quantized middle.
+        // the small BF16 parts of a tiered cache then hide behind the quantized middle. They are
+        // enqueued first, so their few CTAs are scheduled before segment 0's grid takes the GPU
+        // (enqueued after it, they waited for its CTAs and ran behind it).
         const cudaStream_t main = static_cast<cudaStream_t>(ctx_.cuda_stream);
         bool forked = false;
         for (int s = 1; s < num_segments; ++s) forked |= kernels[s] != kernels[0];
@@ -88,7 +90,13 @@ public:
             cuda_check(cudaEventRecord(fork_, main), "recording the fork event");
             cuda_check(cudaStreamWaitEvent(side_, fork_, 0), "the side stream waiting for the fork");
         }
-        for (int s = 0; s < num_segments; ++s) {
+        int order[kMaxKvSegments], k = 0;
+        for (int s = 1; s < num_segments; ++s)
+            if (kernels[s] != kernels[0]) order[k++] = s;
+        for (int s = 0; s < num_segments; ++s)
+            if (kernels[s] == kernels[0]) order[k++] = s;
+        for (int i = 0; i < num_segments; ++i) {
+            const int s = order[i];
             DecodeArgs sa = a;
             sa.num_extra_segments = 0;
             if (s > 0) sa.kv = a.extra[s - 1].kv;

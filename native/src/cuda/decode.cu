@@ -23,6 +23,7 @@
 
 #include "core/error.h"
 #include "cuda/attn_io.cuh"
+#include "cuda/dependent_launch.cuh"
 
 namespace attn4j::cuda {
 namespace {
@@ -289,6 +290,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p) {
     }
     cp_async_wait<0>();
     __syncthreads();  // the pipeline buffers become the reduction buffers
+    allow_dependent_launch();  // the merge kernel may become resident now (it waits for this grid)
 
     float* red_o = reinterpret_cast<float*>(smem);  // [NG][GT][D]
     float* red_m = red_o + NG * GT * D;              // [NG][GT]
@@ -350,6 +352,7 @@ __global__ void __launch_bounds__(128) merge_kernel(const Params p) {
     chunk_geometry(end - beg, p.num_chunks, p.min_chunk_pages, per, used);
     const int64_t row0 = int64_t(b) * p.num_chunks * p.num_qo_heads + qo;
     const int64_t rs = p.num_qo_heads;
+    wait_for_prior_grid();  // the partials of the decode kernel
 
     float M = -INFINITY;
     for (int c = lane; c < used; c += 32) M = fmaxf(M, p.ws_lse[row0 + c * rs]);
@@ -426,6 +429,7 @@ public:
         if ((e = cudaGetDeviceProperties(&prop, device)) != cudaSuccess) cuda_fail(e, "properties");
         sms_ = prop.multiProcessorCount;
         sm_major_ = prop.major;
+        dependent_merge_ = tuning.dependent_merge && dependent_launch_enabled(sm_major_);
         occ_ = tuning.ctas_per_sm;
         if (occ_ <= 0) {
             e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ_, kernel_, kThreads, size_t(smem_));
@@ -501,7 +505,9 @@ public:
         kernel_<<<grid, kThreads, size_t(smem_), stream>>>(p);
         if (p.num_chunks > 1) {
             const unsigned warps = unsigned(batch * desc_.num_qo_heads);
-            merge_kernel<<<(warps + 3) / 4, 128, 0, stream>>>(p);
+            const cudaError_t e = launch_dependent(dependent_merge_, merge_kernel, dim3((warps + 3) / 4), dim3(128), 0,
+                                                   stream, p);
+            if (e != cudaSuccess) return e;
         }
         return cudaGetLastError();
     }
@@ -511,6 +517,7 @@ private:
     int device_;
     DecodeTuning tuning_;
     int gt_ = 4, head_tiles_ = 1, smem_ = 0, sms_ = 1, occ_ = 1, sm_major_ = 0;
+    bool dependent_merge_ = false;  // merge kernel as a dependent launch (cuda/dependent_launch.cuh)
     KernelFn kernel_ = nullptr;
     void* ws_ = nullptr;
     size_t ws_bytes_ = 0, ws_lse_offset_ = 0;

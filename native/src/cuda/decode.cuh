@@ -27,6 +27,8 @@ struct DecodeTuning {
     int min_chunk_tokens = 128;  // never split a sequence finer than this (rounded up to pages)
     int force_chunks = 0;        // > 0: use exactly this many chunks per sequence (tests)
     int ctas_per_sm = 0;         // 0: occupancy from cudaOccupancyMaxActiveBlocksPerMultiprocessor
+    bool dependent_merge = true; // split runs launch the merge as a dependent launch on sm_90+
+                                 // (cuda/dependent_launch.cuh; ATTN4J_CUDA_PDL=0 turns it off)
 };
 
 class DecodeKernel {

@@ -19,6 +19,7 @@
 #include "core/error.h"
 #include "core/kernel_args.h"
 #include "cuda/attn_io.cuh"
+#include "cuda/dependent_launch.cuh"
 #include "cuda/table_check.cuh"
 
 namespace attn4j::cuda::detail {
@@ -144,6 +145,7 @@ __global__ void __launch_bounds__(HPB * WPH * 32) merge_kernel(const DecodeParam
     chunk_geometry(end - beg, p.num_chunks, p.min_chunk_pages, per, used);
     const int64_t row0 = int64_t(b) * p.num_chunks * p.num_qo_heads + qo;
     const int64_t rs = p.num_qo_heads;
+    wait_for_prior_grid();  // the partials of the decode kernel (a dependent launch)
     float M = -INFINITY;
     for (int c = lane; c < used; c += 32) M = fmaxf(M, p.ws_lse[row0 + c * rs]);
 #pragma unroll

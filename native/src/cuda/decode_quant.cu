@@ -43,6 +43,7 @@
 
 #include "core/error.h"
 #include "cuda/decode_common.cuh"
+#include "cuda/dependent_launch.cuh"
 
 namespace attn4j::cuda {
 namespace {
@@ -726,6 +727,7 @@ __global__ void __launch_bounds__(kThreads) qdecode_kernel(const QParams p) {
     }
     cp_async_wait<0>();
     __syncthreads();
+    allow_dependent_launch();  // the merge kernel may become resident now (it waits for this grid)
     float* red_o = reinterpret_cast<float*>(smem);
     warp_epilogue<D, P, VR, FAST>(p, b, c, kvh, h0, true, 0, 1, kWarps, red_o, red_o + kWarps * kGT * D,
                                   red_o + kWarps * kGT * D + kWarps * kGT, st, s_ref, bad);
@@ -904,6 +906,7 @@ __global__ void __launch_bounds__(kPThreads, 2) qdecode_pages_kernel(const QPara
     }
     cp_async_wait<0>();
     __syncthreads();
+    allow_dependent_launch();
     float* red_o = reinterpret_cast<float*>(smem);
     warp_epilogue<D, P, VR, FAST>(p, b, c, kvh, 0, active, hl, khp, wph, red_o, red_o + kPWarps * kGT * D,
                                   red_o + kPWarps * kGT * D + kPWarps * kGT, st, s_ref, bad);
@@ -974,6 +977,7 @@ public:
         cudaDeviceProp prop{};
         if ((e = cudaGetDeviceProperties(&prop, device)) != cudaSuccess) cuda_fail(e, kPlan, "properties");
         sms_ = prop.multiProcessorCount;
+        dependent_merge_ = tuning.dependent_merge && dependent_launch_enabled(prop.major);
         if ((e = cudaFuncSetAttribute(kernel_, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_)) != cudaSuccess ||
             (e = cudaFuncSetAttribute(fast_, cudaFuncAttributeMaxDynamicSharedMemorySize, fast_smem_)) != cudaSuccess ||
             (e = cudaFuncSetAttribute(pkernel_, cudaFuncAttributeMaxDynamicSharedMemorySize, psmem_)) != cudaSuccess ||
@@ -1083,7 +1087,10 @@ public:
             else kernel_<<<grid, kThreads, size_t(smem_), stream>>>(p);
         }
         if (p.num_chunks > 1) {
-            merge_kernel<1, 8><<<unsigned(batch * desc_.num_qo_heads), 256, 0, stream>>>(p);
+            const cudaError_t e = launch_dependent(dependent_merge_, merge_kernel<1, 8>,
+                                                   dim3(unsigned(batch * desc_.num_qo_heads)), dim3(256), 0, stream,
+                                                   static_cast<const DecodeParamsBase&>(p));
+            if (e != cudaSuccess) return e;
         }
         return cudaGetLastError();
     }
@@ -1095,6 +1102,7 @@ private:
     int bits_ = 0, head_tiles_ = 1, smem_ = 0, fast_smem_ = 0, sms_ = 1, occ_ = 1;
     bool generic_only_ = false, old_only_ = false, pages_requested_ = false, pages_ok_ = false;
     int copy_only_ = 0;
+    bool dependent_merge_ = false;  // merge kernel as a dependent launch (cuda/dependent_launch.cuh)
     int psmem_ = 0, pfast_smem_ = 0, pocc_ = 1;
     KernelFn pkernel_ = nullptr;  // page-major, any group size
     KernelFn pfast_ = nullptr;    // page-major, one group per token
