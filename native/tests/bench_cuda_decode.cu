@@ -23,6 +23,7 @@
 
 #include "core/kernel_args.h"
 #include "cuda/decode.cuh"
+#include "a4j_test.h"
 
 using namespace attn4j;
 using a4j_bench::fill_bf16;
@@ -83,15 +84,8 @@ int main(int argc, char** argv) {
         fill_bf16<<<256, 256>>>(dq, size_t(B) * HQO * D, 5u);
         CK(cudaGetLastError());
 
-        attn4j_attention_desc desc{};
-        desc.struct_size = sizeof desc;
-        desc.num_qo_heads = HQO;
-        desc.num_kv_heads = HKV;
-        desc.head_dim = D;
-        desc.q_dtype = desc.kv_dtype = desc.out_dtype = ATTN4J_DTYPE_BF16;
-        desc.sm_scale = 1.f / std::sqrt(float(D));
-        desc.page_size = PS;
-        desc.max_batch_size = B;
+        const attn4j_attention_desc desc =
+            a4j_test::attention_desc(HQO, HKV, D, ATTN4J_DTYPE_BF16, ATTN4J_DTYPE_BF16, PS, B);
         DecodeArgs a = a4j_bench::bench_args(B, HQO, HKV, D, desc.sm_scale, ATTN4J_DTYPE_BF16, PS, pt, dq, dout, dlse);
         cudaStream_t s;
         CK(cudaStreamCreate(&s));
@@ -103,30 +97,16 @@ int main(int argc, char** argv) {
                 tuning.min_chunk_tokens = min_chunk;
                 tuning.dependent_merge = dep != 0;
                 auto kernel = cuda::make_decode_kernel(desc, 0, tuning);
-                const std::vector<float> t = a4j_bench::time_runs(s, 20, reps, [&](int i) {
+                const auto run = [&](int i) {
                     a.kv.k = ks[i % nrot];
                     a.kv.v = vs[i % nrot];
                     CK(kernel->run(a, s));
-                });
+                };
+                const std::vector<float> t = a4j_bench::time_runs(s, 20, reps, run);
                 const auto [med_us, min_us] = a4j_bench::median_min_us(t);
                 const double tbs = kv_bytes / (med_us * 1e-6) / 1e12;
-                // CUDA graph of kGraphRuns runs (rotating KV): time per run without host launch gaps.
-                constexpr int kGraphRuns = 20;
-                cudaGraph_t graph;
-                cudaGraphExec_t exec;
-                CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-                for (int i = 0; i < kGraphRuns; ++i) {
-                    a.kv.k = ks[i % nrot];
-                    a.kv.v = vs[i % nrot];
-                    CK(kernel->run(a, s));
-                }
-                CK(cudaStreamEndCapture(s, &graph));
-                CK(cudaGraphInstantiate(&exec, graph, 0));
-                const std::vector<float> tg = a4j_bench::time_runs(s, 3, std::max(5, reps / 10),
-                                                                   [&](int) { CK(cudaGraphLaunch(exec, s)); });
-                const double graph_us = median(tg) * 1e3 / kGraphRuns;
-                CK(cudaGraphExecDestroy(exec));
-                CK(cudaGraphDestroy(graph));
+                // A CUDA graph of 20 runs (rotating KV): time per run without host launch gaps.
+                const double graph_us = a4j_bench::graph_us(s, reps, run);
                 std::printf("%6d %8d %7d %4d %10.1f %10.1f %9.3f %9.1f %9.3f\n", B, L, kernel->num_chunks(B), dep,
                             med_us, min_us, tbs, graph_us, kv_bytes / (graph_us * 1e-6) / 1e12);
                 char line[512];

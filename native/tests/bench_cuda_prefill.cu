@@ -109,16 +109,8 @@ int main(int argc, char** argv) {
         a4j_bench::fill_bf16<<<1024, 256>>>(q, q_elems, 7);  // BF16 bit patterns; as F16 also finite and small
         CK(cudaDeviceSynchronize());
 
-        attn4j_attention_desc d{};
-        d.struct_size = sizeof d;
-        d.num_qo_heads = c.hq;
-        d.num_kv_heads = c.hkv;
-        d.head_dim = D;
-        d.q_dtype = d.kv_dtype = d.out_dtype = c.dt;
-        d.causal = c.causal;
-        d.sm_scale = 1.f / std::sqrt(float(D));
-        d.page_size = c.paged ? PS : 0;
-        d.max_batch_size = batch;
+        const attn4j_attention_desc d =
+            a4j_test::attention_desc(c.hq, c.hkv, D, c.dt, c.dt, c.paged ? PS : 0, batch, c.causal);
         attn4j_plan* plan = nullptr;
         if (attn4j_prefill_plan_create(ctx, &d, &plan) != ATTN4J_OK) {
             std::fprintf(stderr, "%s: %s\n", c.name, attn4j_last_error());

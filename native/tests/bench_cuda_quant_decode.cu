@@ -29,6 +29,7 @@
 #include "core/kernel_args.h"
 #include "cuda/decode.cuh"
 #include "cuda/decode_quant.cuh"
+#include "a4j_test.h"
 
 using namespace attn4j;
 using a4j_bench::fill_bf16;
@@ -132,19 +133,11 @@ int main(int argc, char** argv) {
                 }
                 CK(cudaGetLastError());
             }
-            attn4j_attention_desc desc{};
-            desc.struct_size = sizeof desc;
-            desc.num_qo_heads = HQO;
-            desc.num_kv_heads = HKV;
-            desc.head_dim = D;
-            desc.q_dtype = desc.out_dtype = ATTN4J_DTYPE_BF16;
-            desc.kv_dtype = bits == 16 ? ATTN4J_DTYPE_BF16
-                            : bits == 8 ? ATTN4J_DTYPE_INT8
-                            : bits == 4 ? ATTN4J_DTYPE_INT4
-                                        : ATTN4J_DTYPE_INT2;
-            desc.sm_scale = 1.f / std::sqrt(float(D));
-            desc.page_size = PS;
-            desc.max_batch_size = B;
+            const attn4j_dtype kv_dtype = bits == 16 ? ATTN4J_DTYPE_BF16
+                                          : bits == 8 ? ATTN4J_DTYPE_INT8
+                                          : bits == 4 ? ATTN4J_DTYPE_INT4
+                                                      : ATTN4J_DTYPE_INT2;
+            const attn4j_attention_desc desc = a4j_test::attention_desc(HQO, HKV, D, ATTN4J_DTYPE_BF16, kv_dtype, PS, B);
             if (*cfg.mode) setenv("ATTN4J_CUDA_QDECODE", cfg.mode, 1);
             auto kernel = bits == 16 ? cuda::make_decode_kernel(desc, 0) : cuda::make_quant_decode_kernel(desc, 0);
             unsetenv("ATTN4J_CUDA_QDECODE");

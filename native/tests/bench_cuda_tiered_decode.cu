@@ -86,22 +86,6 @@ int copies_for(size_t bytes) { return std::max<int>(2, int((256e6 + 2.0 * bytes 
 
 }  // namespace
 
-// Time per run of a CUDA graph of 20 runs captured on s (no host work between kernels).
-template <typename Run>
-double graph_us(cudaStream_t s, int reps, Run&& run) {
-    constexpr int kRuns = 20;
-    cudaGraph_t graph;
-    cudaGraphExec_t exec;
-    CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-    for (int i = 0; i < kRuns; ++i) run(i);
-    CK(cudaStreamEndCapture(s, &graph));
-    CK(cudaGraphInstantiate(&exec, graph, 0));
-    const std::vector<float> t = a4j_bench::time_runs(s, 3, std::max(5, reps / 10), [&](int) { CK(cudaGraphLaunch(exec, s)); });
-    CK(cudaGraphExecDestroy(exec));
-    CK(cudaGraphDestroy(graph));
-    return a4j_bench::median(t) * 1e3 / kRuns;
-}
-
 int main(int argc, char** argv) {
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
@@ -159,7 +143,7 @@ int main(int argc, char** argv) {
             const std::vector<float> t = a4j_bench::time_runs(s, 20, reps, run);
             bf16_us = a4j_bench::median_min_us(t).first;
             std::printf("%6d %8d %12s %10.1f %10.1f %8s %10s %9.1f\n", B, L, "bf16", bf16_us,
-                        a4j_bench::median_min_us(t).second, "1.00x", "", graph_us(s, reps, run));
+                        a4j_bench::median_min_us(t).second, "1.00x", "", a4j_bench::graph_us(s, reps, run));
         }
         const size_t precise_bytes = size_t(precise.num_pages) * HKV * PS * 2 * D;
         Pools pkv(copies_for(precise_bytes), precise_bytes, 16, none);
@@ -192,7 +176,7 @@ int main(int argc, char** argv) {
                         CK(kernel->run(a, s));
                     };
                     t = a4j_bench::time_runs(s, 20, reps, run);
-                    g_us = graph_us(s, reps, run);
+                    g_us = a4j_bench::graph_us(s, reps, run);
                 } else {
                     attn4j_plan* plan = nullptr;
                     CHECK_MSG(attn4j_decode_plan_create(ctx, &desc, &plan) == ATTN4J_OK, attn4j_last_error());
@@ -214,7 +198,7 @@ int main(int argc, char** argv) {
                                   attn4j_last_error());
                     };
                     t = a4j_bench::time_runs(s, 20, reps, run);
-                    g_us = graph_us(s, reps, run);
+                    g_us = a4j_bench::graph_us(s, reps, run);
                     CHECK_MSG(attn4j_stream_synchronize(st) == ATTN4J_OK, attn4j_last_error());
                     attn4j_plan_destroy(plan);
                 }

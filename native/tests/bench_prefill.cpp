@@ -15,6 +15,7 @@
 
 #include "core/cpu_features.h"
 #include "cpu/prefill.h"
+#include "a4j_test.h"
 
 using namespace attn4j;
 
@@ -38,15 +39,8 @@ void bench(int n_q, int n_kv, int threads, int runs, const char* engine) {
     std::vector<float> lse(size_t(n_q) * hq);
     int32_t qo[2] = {0, n_q}, kvp[2] = {0, n_kv};
 
-    attn4j_attention_desc desc{};
-    desc.struct_size = sizeof desc;
-    desc.num_qo_heads = hq;
-    desc.num_kv_heads = hkv;
-    desc.head_dim = D;
-    desc.q_dtype = desc.kv_dtype = desc.out_dtype = ATTN4J_DTYPE_BF16;
-    desc.causal = 1;
-    desc.sm_scale = 1.f / std::sqrt(float(D));
-    desc.max_batch_size = 1;
+    const attn4j_attention_desc desc =
+        a4j_test::attention_desc(hq, hkv, D, ATTN4J_DTYPE_BF16, ATTN4J_DTYPE_BF16, 0, 1, true);
     setenv("ATTN4J_PREFILL_ENGINE", engine, 1);
     auto kernel = cpu::make_prefill_kernel(desc, threads);
 

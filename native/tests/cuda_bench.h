@@ -145,6 +145,22 @@ std::vector<float> time_runs(cudaStream_t s, int warmup, int reps, Run&& run) {
     return t;
 }
 
+// Time per run of a CUDA graph of `runs` calls of run(i) captured on s and replayed (no host work
+// between the kernels): median of max(5, reps / 10) replays after 3 warm-up replays.
+template <class Run>
+double graph_us(cudaStream_t s, int reps, Run&& run, int runs = 20) {
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+    for (int i = 0; i < runs; ++i) run(i);
+    CK(cudaStreamEndCapture(s, &graph));
+    CK(cudaGraphInstantiate(&exec, graph, 0));
+    const std::vector<float> t = time_runs(s, 3, std::max(5, reps / 10), [&](int) { CK(cudaGraphLaunch(exec, s)); });
+    CK(cudaGraphExecDestroy(exec));
+    CK(cudaGraphDestroy(graph));
+    return median(t) * 1e3 / runs;
+}
+
 // Decode arguments of the benchmarks: BF16 q/out of [B][hqo][D] (dense), LSE [B][hqo], KV of
 // kv_dtype with hkv heads in `pt`'s pages (k / v set per run).
 inline attn4j::DecodeArgs bench_args(int B, int hqo, int hkv, int D, float sm_scale, attn4j_dtype kv_dtype, int PS,

@@ -16,6 +16,7 @@
 
 #include "core/kernel_args.h"
 #include "cpu/decode.h"
+#include "a4j_test.h"
 
 namespace a4j_bench {
 
@@ -132,18 +133,7 @@ inline double time_decode(attn4j::cpu::DecodeKernel& kernel, const Caches& c, fl
 
 // A decode desc for the benchmark shape over `kv_dtype` pages.
 inline attn4j_attention_desc bench_desc(attn4j_dtype kv_dtype, int page_size) {
-    attn4j_attention_desc desc{};
-    desc.struct_size = sizeof(desc);
-    desc.num_qo_heads = QH;
-    desc.num_kv_heads = H;
-    desc.head_dim = D;
-    desc.q_dtype = ATTN4J_DTYPE_F32;
-    desc.kv_dtype = kv_dtype;
-    desc.out_dtype = ATTN4J_DTYPE_F32;
-    desc.sm_scale = 0.08838834764831845f;  // 1 / sqrt(128)
-    desc.page_size = page_size;
-    desc.max_batch_size = 1;
-    return desc;
+    return a4j_test::attention_desc(QH, H, D, ATTN4J_DTYPE_F32, kv_dtype, page_size, 1);
 }
 
 }  // namespace a4j_bench

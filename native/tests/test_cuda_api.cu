@@ -121,17 +121,8 @@ struct Problem {
     }
 
     attn4j_attention_desc desc() const {
-        attn4j_attention_desc d{};
-        d.struct_size = sizeof d;
-        d.num_qo_heads = H;
-        d.num_kv_heads = KVH;
-        d.head_dim = D;
-        d.q_dtype = q_dt;
-        d.kv_dtype = ATTN4J_DTYPE_BF16;
+        attn4j_attention_desc d = a4j_test::attention_desc(H, KVH, D, q_dt, ATTN4J_DTYPE_BF16, PS, 8);
         d.out_dtype = out_dt;
-        d.sm_scale = float(1.0 / std::sqrt(double(D)));
-        d.page_size = PS;
-        d.max_batch_size = 8;
         return d;
     }
 

@@ -23,6 +23,7 @@
 #include "dtype_buffer.h"
 #include "core/kernel_args.h"
 #include "cuda/decode.cuh"
+#include "a4j_test.h"
 
 using namespace attn4j;
 
@@ -137,17 +138,8 @@ void run_case(const Case& c, uint64_t seed) {
     CK(cudaMalloc(&dOut, out_elems * dsize(c.out)));
     CK(cudaMalloc(&dLse, size_t(B) * c.hqo * sizeof(float)));
 
-    attn4j_attention_desc desc{};
-    desc.struct_size = sizeof desc;
-    desc.num_qo_heads = c.hqo;
-    desc.num_kv_heads = c.hkv;
-    desc.head_dim = D;
-    desc.q_dtype = c.q;
-    desc.kv_dtype = c.kv;
+    attn4j_attention_desc desc = a4j_test::attention_desc(c.hqo, c.hkv, D, c.q, c.kv, c.ps, B + 5, false, scale);
     desc.out_dtype = c.out;
-    desc.sm_scale = scale;
-    desc.page_size = c.ps;
-    desc.max_batch_size = B + 5;
     cuda::DecodeTuning tuning;
     tuning.force_chunks = c.force_chunks;
     auto kernel = cuda::make_decode_kernel(desc, 0, tuning);

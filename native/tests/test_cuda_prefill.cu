@@ -153,18 +153,9 @@ struct Problem {
     Problem& operator=(const Problem&) = delete;
 
     attn4j_attention_desc desc() const {
-        attn4j_attention_desc d{};
-        d.struct_size = sizeof d;
-        d.num_qo_heads = c.hq;
-        d.num_kv_heads = c.hkv;
-        d.head_dim = c.d;
-        d.q_dtype = c.in_dt;
-        d.kv_dtype = c.in_dt;
+        attn4j_attention_desc d = a4j_test::attention_desc(c.hq, c.hkv, c.d, c.in_dt, c.in_dt,
+                                                           c.paged ? c.page_size : 0, std::max(batch, 1), c.causal);
         d.out_dtype = c.out_dt;
-        d.causal = c.causal;
-        d.sm_scale = 1.f / std::sqrt(float(c.d));
-        d.page_size = c.paged ? c.page_size : 0;
-        d.max_batch_size = std::max(batch, 1);
         return d;
     }
 

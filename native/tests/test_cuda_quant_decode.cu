@@ -28,6 +28,7 @@
 #include "cpu/quantize.h"
 #include "cuda/decode_quant.cuh"
 #include "dtype_buffer.h"
+#include "a4j_test.h"
 
 using namespace attn4j;
 using a4j_test::Buf;
@@ -253,17 +254,9 @@ void run_case(const Case& c, uint64_t seed) {
         CK(cudaMemset(dlse, 0xFF, size_t(B) * hqo * 4));
     }
 
-    attn4j_attention_desc desc{};
-    desc.struct_size = sizeof desc;
-    desc.num_qo_heads = hqo;
-    desc.num_kv_heads = hkv;
-    desc.head_dim = D;
-    desc.q_dtype = c.q;
-    desc.kv_dtype = c.bits == 8 ? ATTN4J_DTYPE_INT8 : c.bits == 4 ? ATTN4J_DTYPE_INT4 : ATTN4J_DTYPE_INT2;
+    const attn4j_dtype kv_dtype = c.bits == 8 ? ATTN4J_DTYPE_INT8 : c.bits == 4 ? ATTN4J_DTYPE_INT4 : ATTN4J_DTYPE_INT2;
+    attn4j_attention_desc desc = a4j_test::attention_desc(hqo, hkv, D, c.q, kv_dtype, ps, B + 2, false, sm_scale);
     desc.out_dtype = c.out;
-    desc.sm_scale = sm_scale;
-    desc.page_size = ps;
-    desc.max_batch_size = B + 2;
     cuda::DecodeTuning tuning;
     tuning.force_chunks = c.force_chunks;
     if (*c.mode) setenv("ATTN4J_CUDA_QDECODE", c.mode, 1);

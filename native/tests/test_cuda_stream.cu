@@ -119,16 +119,7 @@ struct Decode {
         out = dev_tensor(d_out, ATTN4J_DTYPE_F32, {batch(), H, D});
         lse = dev_tensor(d_lse, ATTN4J_DTYPE_F32, {batch(), H});
 
-        attn4j_attention_desc d{};
-        d.struct_size = sizeof d;
-        d.num_qo_heads = H;
-        d.num_kv_heads = KVH;
-        d.head_dim = D;
-        d.q_dtype = d.out_dtype = ATTN4J_DTYPE_F32;
-        d.kv_dtype = kv_dtype;
-        d.sm_scale = 1.f / std::sqrt(float(D));
-        d.page_size = PS;
-        d.max_batch_size = batch();
+        const attn4j_attention_desc d = a4j_test::attention_desc(H, KVH, D, ATTN4J_DTYPE_F32, kv_dtype, PS, batch());
         CHECK_MSG(attn4j_decode_plan_create(ctx, &d, &plan) == OK, attn4j_last_error());
     }
     ~Decode() {

@@ -15,6 +15,7 @@
 #include "core/cpu_features.h"
 #include "core/kernel_args.h"
 #include "cpu/decode.h"
+#include "a4j_test.h"
 
 using namespace attn4j;
 
@@ -121,17 +122,9 @@ void run_case(const Case& c, uint64_t seed) {
         }
     }
 
-    attn4j_attention_desc desc{};
-    desc.struct_size = sizeof(desc);
-    desc.num_qo_heads = QH;
-    desc.num_kv_heads = H;
-    desc.head_dim = D;
-    desc.q_dtype = c.qdt;
-    desc.kv_dtype = c.kvdt;
+    attn4j_attention_desc desc =
+        a4j_test::attention_desc(QH, H, D, c.qdt, c.kvdt, P, B + int(rng() % 3), false, sm_scale);
     desc.out_dtype = c.odt;
-    desc.sm_scale = sm_scale;
-    desc.page_size = P;
-    desc.max_batch_size = B + int(rng() % 3);
 
     const Isa best = cpu_features().isa;
     for (int isa_i = 0; isa_i <= int(best); ++isa_i) {

@@ -55,15 +55,7 @@ int main() {
     o.device_type = ATTN4J_DEVICE_CPU;
     attn4j_context* ctx = nullptr;
     CHECK(attn4j_context_create(&o, &ctx) == ATTN4J_OK);  // num_threads 0 = one per core
-    attn4j_attention_desc d{};
-    d.struct_size = sizeof d;
-    d.num_qo_heads = 4;
-    d.num_kv_heads = 2;
-    d.head_dim = 64;
-    d.q_dtype = d.kv_dtype = d.out_dtype = ATTN4J_DTYPE_F32;
-    d.sm_scale = 0.125f;
-    d.page_size = 16;
-    d.max_batch_size = 2;
+    const attn4j_attention_desc d = a4j_test::attention_desc(4, 2, 64, ATTN4J_DTYPE_F32, ATTN4J_DTYPE_F32, 16, 2);
     attn4j_plan* plan = nullptr;
     CHECK(attn4j_decode_plan_create(ctx, &d, &plan) == ATTN4J_OK);
     CHECK(attn4j_context_destroy(ctx) == ATTN4J_OK);

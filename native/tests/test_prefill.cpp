@@ -17,6 +17,7 @@
 #include "core/cpu_features.h"
 #include "core/error.h"
 #include "cpu/prefill.h"
+#include "a4j_test.h"
 
 using namespace attn4j;
 
@@ -154,18 +155,9 @@ bool run_case(const Case& c, uint64_t seed, const char* engine) {
         a.table.last_page_len = last_len.data();
     }
 
-    attn4j_attention_desc desc{};
-    desc.struct_size = sizeof desc;
-    desc.num_qo_heads = c.hq;
-    desc.num_kv_heads = c.hkv;
-    desc.head_dim = D;
-    desc.q_dtype = c.q_dt;
-    desc.kv_dtype = c.kv_dt;
+    attn4j_attention_desc desc = a4j_test::attention_desc(c.hq, c.hkv, D, c.q_dt, c.kv_dt, c.paged ? c.page_size : 0,
+                                                          c.batch, c.causal, sm_scale);
     desc.out_dtype = c.out_dt;
-    desc.causal = c.causal;
-    desc.sm_scale = sm_scale;
-    desc.page_size = c.paged ? c.page_size : 0;
-    desc.max_batch_size = c.batch;
     setenv("ATTN4J_PREFILL_ENGINE", engine, 1);
     std::string path;
     try {
