@@ -347,12 +347,15 @@ std::vector<Isa> isas() {
     return v;
 }
 
-// Kernel error budget: the scalar path is float-exact; SIMD paths quantize q to int8 (INT4 /
-// INT2, n >= 32 bytes per group) or int16 (INT8).
+// Kernel error budget: the scalar path is float-exact; SIMD paths quantize q to int16 (INT8) or
+// int8 + an int8 residual (INT4 / INT2 with n >= 32 code bytes per group, which also round the
+// P.V weights to u8 per half block of 8 tokens: up to 1/510 of the half's largest weight each, so
+// sequences of a few tokens see up to about 0.6%: 5.64e-3 at 8 tokens, the largest of 20 seeds x
+// 120 cases); the other INT4 / INT2 formats use float FMAs on the codes (errors about 5e-6).
 double tolerance(const Case& c, Isa isa) {
     if (isa == Isa::scalar) return 2e-5;
     if (c.bits == 8) return 1e-3;
-    return 5e-3;
+    return c.G * c.bits / 8 >= 32 ? 1e-2 : 1e-4;
 }
 
 void test_kernel_random(uint64_t seed, int cases) {
