@@ -120,3 +120,19 @@ inline void expect_status(const char* what, attn4j_status got, attn4j_status wan
 
 #define CHECK(cond) a4j_test::report((cond), #cond, __FILE__, __LINE__, "")
 #define CHECK_MSG(cond, msg) a4j_test::report((cond), #cond, __FILE__, __LINE__, (msg))
+
+namespace a4j_test {
+
+// A context on `type` (device 0) with `threads` CPU threads; records a failure and returns
+// NULL when creation fails.
+inline attn4j_context* make_context(attn4j_device_type type, int threads) {
+    attn4j_context_options o{};
+    o.struct_size = sizeof o;
+    o.device_type = type;
+    o.num_threads = threads;
+    attn4j_context* c = nullptr;
+    CHECK_MSG(attn4j_context_create(&o, &c) == ATTN4J_OK, attn4j_last_error());
+    return c;
+}
+
+}  // namespace a4j_test

@@ -64,15 +64,8 @@ int main(int argc, char** argv) {
 
     cudaDeviceProp prop{};
     CK(cudaGetDeviceProperties(&prop, 0));
-    attn4j_context_options o{};
-    o.struct_size = sizeof o;
-    o.device_type = ATTN4J_DEVICE_CUDA;
-    o.device_id = 0;
-    attn4j_context* ctx = nullptr;
-    if (attn4j_context_create(&o, &ctx) != ATTN4J_OK) {
-        std::fprintf(stderr, "context: %s\n", attn4j_last_error());
-        return 1;
-    }
+    attn4j_context* ctx = a4j_test::make_context(ATTN4J_DEVICE_CUDA, 0);
+    if (!ctx) return a4j_test::finish("bench_cuda_prefill");
     std::printf("%s, %d reps, CUDA events around each attn4j_prefill_run (host planning included)\n", prop.name, reps);
     std::printf("%-24s %8s %10s %10s %10s\n", "config", "tokens", "median ms", "min ms", "TFLOP/s");
     std::string json = "{\n  \"device\": \"" + std::string(prop.name) + "\",\n  \"rows\": [";

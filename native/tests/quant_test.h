@@ -35,16 +35,4 @@ std::vector<float> random_orthogonal(int n, Rng& rng) {
     return std::vector<float>(m.begin(), m.end());
 }
 
-// A context on `type` (device 0) with `threads` CPU threads; records a failure and returns
-// NULL when creation fails.
-inline attn4j_context* make_context(attn4j_device_type type, int threads) {
-    attn4j_context_options o{};
-    o.struct_size = sizeof o;
-    o.device_type = type;
-    o.num_threads = threads;
-    attn4j_context* c = nullptr;
-    CHECK_MSG(attn4j_context_create(&o, &c) == ATTN4J_OK, attn4j_last_error());
-    return c;
-}
-
 }  // namespace a4j_test

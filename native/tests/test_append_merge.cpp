@@ -21,16 +21,6 @@ namespace {
 
 std::mt19937 rng(20240611);
 
-attn4j_context* make_ctx(int threads) {
-    attn4j_context_options o{};
-    o.struct_size = sizeof o;
-    o.device_type = ATTN4J_DEVICE_CPU;
-    o.num_threads = threads;
-    attn4j_context* c = nullptr;
-    CHECK(attn4j_context_create(&o, &c) == ATTN4J_OK);
-    return c;
-}
-
 // Values with outlier channels, stored in `dtype` (as raw bytes) and their exact float values.
 void gen(std::vector<uint8_t>& raw, std::vector<float>& exact, attn4j_dtype dtype, int64_t n) {
     std::normal_distribution<float> nd(0.f, 1.f);
@@ -54,7 +44,7 @@ float to_cache(float x, attn4j_dtype cache) {
 
 void test_append(attn4j_dtype in_dtype, attn4j_dtype cache_dtype, int threads) {
     const int KVH = 3, D = 48, PS = 8, PAGES = 12;
-    attn4j_context* ctx = make_ctx(threads);
+    attn4j_context* ctx = a4j_test::make_context(ATTN4J_DEVICE_CPU, threads);
     const int es = dtype_size(cache_dtype);
     std::vector<uint8_t> kc(size_t(PAGES) * KVH * PS * D * es), vc(kc.size());
     // poison
@@ -178,7 +168,7 @@ void test_conversions() {
 
 void test_merge(attn4j_dtype vdt, attn4j_dtype odt, int threads) {
     const int64_t n = 5, S = 4, H = 3, D = 80;
-    attn4j_context* ctx = make_ctx(threads);
+    attn4j_context* ctx = a4j_test::make_context(ATTN4J_DEVICE_CPU, threads);
     std::vector<uint8_t> vraw;
     std::vector<float> vex;
     gen(vraw, vex, vdt, n * S * H * D);

@@ -209,12 +209,7 @@ int main() {
     int32_t count = 0;
     CHECK(attn4j_device_count(ATTN4J_DEVICE_CUDA, &count) == ATTN4J_OK && count == n);
 
-    attn4j_context_options o{};
-    o.struct_size = sizeof o;
-    o.device_type = ATTN4J_DEVICE_CUDA;
-    o.device_id = 0;
-    attn4j_context* ctx = nullptr;
-    CHECK(attn4j_context_create(&o, &ctx) == ATTN4J_OK);
+    attn4j_context* ctx = a4j_test::make_context(ATTN4J_DEVICE_CUDA, 0);
     if (!ctx) return a4j_test::finish("test_cuda_api");
 
     // ---- correctness -------------------------------------------------------------------------
@@ -410,12 +405,7 @@ int main() {
 
     // A CPU plan given device tensors says so.
     {
-        attn4j_context_options co{};
-        co.struct_size = sizeof co;
-        co.device_type = ATTN4J_DEVICE_CPU;
-        co.num_threads = 1;
-        attn4j_context* cpu = nullptr;
-        CHECK(attn4j_context_create(&co, &cpu) == ATTN4J_OK);
+        attn4j_context* cpu = a4j_test::make_context(ATTN4J_DEVICE_CPU, 1);
         Problem P(8, 2, 64, {40}, ATTN4J_DTYPE_F32, ATTN4J_DTYPE_F32, 8);
         attn4j_attention_desc d = P.desc();
         attn4j_plan* plan = nullptr;

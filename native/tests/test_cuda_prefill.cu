@@ -272,12 +272,7 @@ int main(int argc, char** argv) {
     }
     const uint64_t seed = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 20261202;
     const int random_cases = argc > 2 ? std::atoi(argv[2]) : 16;
-    attn4j_context_options o{};
-    o.struct_size = sizeof o;
-    o.device_type = ATTN4J_DEVICE_CUDA;
-    o.device_id = 0;
-    attn4j_context* ctx = nullptr;
-    CHECK(attn4j_context_create(&o, &ctx) == ATTN4J_OK);
+    attn4j_context* ctx = a4j_test::make_context(ATTN4J_DEVICE_CUDA, 0);
     if (!ctx) return a4j_test::finish("test_cuda_prefill");
     const attn4j_dtype BF = ATTN4J_DTYPE_BF16, F16 = ATTN4J_DTYPE_F16, F32 = ATTN4J_DTYPE_F32;
 

@@ -50,19 +50,14 @@ int main() {
     std::printf("cuda devices: %d\n", n);
 
     // A plan keeps its context alive.
-    attn4j_context_options o{};
-    o.struct_size = sizeof o;
-    o.device_type = ATTN4J_DEVICE_CPU;
-    attn4j_context* ctx = nullptr;
-    CHECK(attn4j_context_create(&o, &ctx) == ATTN4J_OK);  // num_threads 0 = one per core
+    attn4j_context* ctx = a4j_test::make_context(ATTN4J_DEVICE_CPU, 0);  // num_threads 0 = one per core
     const attn4j_attention_desc d = a4j_test::attention_desc(4, 2, 64, ATTN4J_DTYPE_F32, ATTN4J_DTYPE_F32, 16, 2);
     attn4j_plan* plan = nullptr;
     CHECK(attn4j_decode_plan_create(ctx, &d, &plan) == ATTN4J_OK);
     CHECK(attn4j_context_destroy(ctx) == ATTN4J_OK);
     CHECK(attn4j_plan_destroy(plan) == ATTN4J_OK);
 
-    o.num_threads = 2;
-    CHECK(attn4j_context_create(&o, &ctx) == ATTN4J_OK);
+    ctx = a4j_test::make_context(ATTN4J_DEVICE_CPU, 2);
     double gbs = 0;
     CHECK(attn4j_measure_read_bandwidth(ctx, 64 << 20, 3, &gbs) == ATTN4J_OK);
     std::printf("read bandwidth (64 MiB, 2 threads): %.1f GB/s\n", gbs);

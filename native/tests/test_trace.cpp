@@ -53,12 +53,7 @@ NvtxInitializeInjectionNvtxFunc_t InitializeInjectionNvtx2_fnptr = &init;
 int main() {
     int32_t count = -1;
     CHECK(attn4j_device_count(ATTN4J_DEVICE_CPU, &count) == ATTN4J_OK);
-    attn4j_context_options o{};
-    o.struct_size = sizeof o;
-    o.device_type = ATTN4J_DEVICE_CPU;
-    o.num_threads = 1;
-    attn4j_context* ctx = nullptr;
-    CHECK(attn4j_context_create(&o, &ctx) == ATTN4J_OK);
+    attn4j_context* ctx = a4j_test::make_context(ATTN4J_DEVICE_CPU, 1);
     CHECK(attn4j_merge_states(nullptr, nullptr, nullptr, nullptr, nullptr) == ATTN4J_ERR_INVALID_ARGUMENT);
     CHECK(attn4j_context_destroy(ctx) == ATTN4J_OK);
     (void)attn4j_status_name(ATTN4J_OK);  // no work, no range
