@@ -213,8 +213,42 @@ final class QuantVerify {
                     100 * h2.salient()) : "", noWorse ? "(no worse: met)" : "(worse: MISSED)");
             missed += noWorse ? 0 : 1;
         }
+        missed += calibratedEverywhere(rows, salient);
         System.out.println(missed == 0 ? "all accuracy bars met" : missed + " accuracy bar(s) missed");
         return missed == 0 ? 0 : 1;
+    }
+
+    /**
+     * The bar's wording, "calibrated no worse than Hadamard on every case": every format x group
+     * size x column of the table (not only INT2 G128); prints the cases where calibrated is worse
+     * and returns 1 when there is one.
+     */
+    private static int calibratedEverywhere(List<Row> rows, boolean salient) {
+        List<String> worse = new ArrayList<>();
+        int cases = 0;
+        for (Row c : rows) {
+            Row h = c.rotation() == Rotation.CALIBRATED ? find(rows, c.dtype(), Rotation.HADAMARD, c.group()) : null;
+            if (h == null) {
+                continue;
+            }
+            double[][] pairs = salient
+                    ? new double[][] {{c.plain(), h.plain()}, {c.mixed(), h.mixed()}, {c.salient(), h.salient()}}
+                    : new double[][] {{c.plain(), h.plain()}, {c.mixed(), h.mixed()}};
+            String[] columns = {"plain", "+BF16", "+salient"};
+            for (int i = 0; i < pairs.length; i++) {
+                cases++;
+                if (pairs[i][0] > pairs[i][1]) {
+                    worse.add(String.format("%s G%d %s %.3f%% vs %.3f%%", c.dtype(), c.group(), columns[i],
+                            100 * pairs[i][0], 100 * pairs[i][1]));
+                }
+            }
+        }
+        if (cases == 0) {
+            return 0;
+        }
+        System.out.printf("  calibrated no worse than Hadamard, every format x G x column: %d of %d cases %s%n",
+                cases - worse.size(), cases, worse.isEmpty() ? "met" : "MISSED; worse: " + String.join(", ", worse));
+        return worse.isEmpty() ? 0 : 1;
     }
 
     /** Prints a bar's verdict on {@code err} and, when not NaN, {@code withSalient}; 0 when either meets it. */
@@ -227,8 +261,12 @@ final class QuantVerify {
     }
 
     private static Row find(List<Row> rows, DType t, Rotation r) {
+        return find(rows, t, r, 128);
+    }
+
+    private static Row find(List<Row> rows, DType t, Rotation r, int group) {
         for (Row row : rows) {
-            if (row.dtype() == t && row.rotation() == r && row.group() == 128) {
+            if (row.dtype() == t && row.rotation() == r && row.group() == group) {
                 return row;
             }
         }
