@@ -75,6 +75,35 @@ class QuantVerifyTest {
         long rows = table.lines().filter(l -> l.startsWith("INT")).peek(l -> assertEquals(3,
                 l.chars().filter(c -> c == '%').count(), l)).count();
         assertEquals(3 * 2 * 3, rows, table); // INT8/4/2 x G32/G64 (head_dim 64) x 3 rotations
+        // "calibrated no worse than Hadamard" is checked on every format x G x column of the table.
+        java.util.Map<String, double[]> errors = new java.util.HashMap<>();
+        table.lines().filter(l -> l.startsWith("INT")).forEach(l -> {
+            String[] w = l.trim().split("\\s+"); // fmt G rotation bits plain% mixed% salient%
+            errors.put(w[0] + " " + w[1] + " " + w[2], new double[] {pct(w[4]), pct(w[5]), pct(w[6])});
+        });
+        int better = 0; // calibrated below Hadamard in print (ties at the printed precision may go either way)
+        int worse = 0;
+        for (String fmt : new String[] {"INT8", "INT4", "INT2"}) {
+            for (String g : new String[] {"32", "64"}) {
+                double[] c = errors.get(fmt + " " + g + " calibrated");
+                double[] h = errors.get(fmt + " " + g + " hadamard");
+                for (int i = 0; i < 3; i++) {
+                    better += c[i] < h[i] ? 1 : 0;
+                    worse += c[i] > h[i] ? 1 : 0;
+                }
+            }
+        }
+        java.util.regex.Matcher m = java.util.regex.Pattern
+                .compile("calibrated no worse than Hadamard, every format x G x column: (\\d+) of 18 cases (met|MISSED)")
+                .matcher(table);
+        assertTrue(m.find(), table);
+        int noWorse = Integer.parseInt(m.group(1));
+        assertTrue(noWorse >= better && noWorse <= 18 - worse, table);
+        assertEquals(noWorse == 18 ? "met" : "MISSED", m.group(2), table);
+    }
+
+    private static double pct(String s) {
+        return Double.parseDouble(s.substring(0, s.length() - 1));
     }
 
     @Test
