@@ -30,11 +30,7 @@ using a4j_bench::fill_bf16;
 using a4j_bench::median;
 
 int main(int argc, char** argv) {
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-        std::printf("SKIP: no CUDA device\n");
-        return 0;
-    }
+    if (a4j_test::no_cuda_device("bench_cuda_decode")) return 0;
     std::string json_path, shapes = "1:4096,1:32768,1:131072,64:4096,16:16384,128:1024";
     int min_chunk = 128, reps = 200, PS = 16, pdl = 1, rounds = 3;
     bool ordered = false;

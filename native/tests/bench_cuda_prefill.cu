@@ -34,11 +34,7 @@ using a4j_test::dev_tensor;
 }  // namespace
 
 int main(int argc, char** argv) {
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-        std::printf("SKIP: no CUDA device (bench_cuda_prefill)\n");
-        return 0;
-    }
+    if (a4j_test::no_cuda_device("bench_cuda_prefill")) return 0;
     std::string json_path, only;
     int reps = 10;
     for (int i = 1; i + 1 < argc; i += 2) {

@@ -39,11 +39,7 @@ using a4j_bench::median;
 
 
 int main(int argc, char** argv) {
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-        std::printf("SKIP: no CUDA device\n");
-        return 0;
-    }
+    if (a4j_test::no_cuda_device("bench_cuda_quant_decode")) return 0;
     std::string json_path, shapes = "1:131072,1:32768,64:4096,1:4096";
     int reps = 100;
     bool diag = true, shuffle = true;

@@ -87,11 +87,7 @@ int copies_for(size_t bytes) { return std::max<int>(2, int((256e6 + 2.0 * bytes 
 }  // namespace
 
 int main(int argc, char** argv) {
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-        std::printf("SKIP: no CUDA device\n");
-        return 0;
-    }
+    if (a4j_test::no_cuda_device("bench_cuda_tiered_decode")) return 0;
     std::string json_path, shapes = "1:131072,64:4096,1:32768";
     int reps = 100;
     for (int i = 1; i + 1 < argc; i += 2) {

@@ -200,12 +200,9 @@ void expect(const char* what, attn4j_status got, attn4j_status want, const char*
 }  // namespace
 
 int main() {
+    if (a4j_test::no_cuda_device("test_cuda_api")) return 0;
     int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-        (void)cudaGetLastError();
-        std::printf("SKIP: no CUDA device (test_cuda_api)\n");
-        return 0;
-    }
+    CK(cudaGetDeviceCount(&n));
     int32_t count = 0;
     CHECK(attn4j_device_count(ATTN4J_DEVICE_CUDA, &count) == ATTN4J_OK && count == n);
 

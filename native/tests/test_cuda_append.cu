@@ -195,12 +195,7 @@ void run_case(attn4j_context* cpu, attn4j_context* gpu, const Setup& s, uint32_t
 }  // namespace
 
 int main() {
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-        (void)cudaGetLastError();
-        std::printf("SKIP: no CUDA device (test_cuda_append)\n");
-        return 0;
-    }
+    if (a4j_test::no_cuda_device("test_cuda_append")) return 0;
     attn4j_context* cpu = a4j_test::make_context(ATTN4J_DEVICE_CPU, 2);
     attn4j_context* gpu = a4j_test::make_context(ATTN4J_DEVICE_CUDA, 2);
     uint32_t seed = 100;

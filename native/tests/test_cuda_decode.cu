@@ -223,12 +223,7 @@ void run_case(const Case& c, uint64_t seed) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-        (void)cudaGetLastError();
-        std::printf("SKIP: no CUDA device (test_cuda_decode not run)\n");
-        return 0;
-    }
+    if (a4j_test::no_cuda_device("test_cuda_decode")) return 0;
     const uint64_t seed = argc > 1 ? std::strtoull(argv[1], nullptr, 10)
                                    : uint64_t(std::chrono::steady_clock::now().time_since_epoch().count());
     std::printf("test_cuda_decode: seed %llu\n", (unsigned long long)seed);

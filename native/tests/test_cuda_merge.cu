@@ -285,12 +285,7 @@ void bad_inputs(attn4j_context* cpu, attn4j_context* gpu) {
 }  // namespace
 
 int main() {
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-        (void)cudaGetLastError();
-        std::printf("SKIP: no CUDA device (test_cuda_merge)\n");
-        return 0;
-    }
+    if (a4j_test::no_cuda_device("test_cuda_merge")) return 0;
     attn4j_context* cpu = a4j_test::make_context(ATTN4J_DEVICE_CPU, 2);
     attn4j_context* gpu = a4j_test::make_context(ATTN4J_DEVICE_CUDA, 2);
     const attn4j_dtype fl[3] = {ATTN4J_DTYPE_F32, ATTN4J_DTYPE_F16, ATTN4J_DTYPE_BF16};

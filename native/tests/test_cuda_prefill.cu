@@ -264,12 +264,7 @@ void run_case(attn4j_context* ctx, const Case& c, uint64_t seed) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-        (void)cudaGetLastError();
-        std::printf("SKIP: no CUDA device (test_cuda_prefill)\n");
-        return 0;
-    }
+    if (a4j_test::no_cuda_device("test_cuda_prefill")) return 0;
     const uint64_t seed = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 20261202;
     const int random_cases = argc > 2 ? std::atoi(argv[2]) : 16;
     attn4j_context* ctx = a4j_test::make_context(ATTN4J_DEVICE_CUDA, 0);

@@ -333,11 +333,7 @@ void run_case(const Case& c, uint64_t seed) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-        std::printf("SKIP: no CUDA device (cudaGetDeviceCount found none); quantized decode kernels not run\n");
-        return 0;
-    }
+    if (a4j_test::no_cuda_device("test_cuda_quant_decode")) return 0;
     uint64_t seed = 20261123;
     int cases = 40, max_len = 5000;
     for (int i = 1; i + 1 < argc; i += 2) {

@@ -375,12 +375,7 @@ void uncapturable(attn4j_context* ctx, attn4j_stream* stream, attn4j_stream* oth
 }  // namespace
 
 int main() {
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-        (void)cudaGetLastError();
-        std::printf("SKIP: no CUDA device (test_cuda_stream)\n");
-        return 0;
-    }
+    if (a4j_test::no_cuda_device("test_cuda_stream")) return 0;
     attn4j_context* ctx = a4j_test::make_context(ATTN4J_DEVICE_CUDA, 1);
     if (!ctx) return a4j_test::finish("test_cuda_stream");
     attn4j_stream *s = nullptr, *other = nullptr;
