@@ -45,6 +45,7 @@ class CudaPrefillPlan {
 public:
     CudaPrefillPlan(const attn4j_attention_desc& d, Context& ctx) : desc_(d), ctx_(ctx), device_(ctx.device_id) {
         DeviceScope scope(device_);
+        wgmma_ = cuda::prefill_wgmma_available(device_);
         const cudaError_t e = cudaEventCreateWithFlags(&staged_, cudaEventDisableTiming);
         if (e != cudaSuccess) cuda_fail(e, "attn4j_prefill_plan_create: cudaEventCreate on cuda:" + std::to_string(device_));
     }
@@ -110,7 +111,7 @@ public:
         p.group = desc_.num_qo_heads / desc_.num_kv_heads;
         p.scale_log2 = desc_.sm_scale * 1.4426950408889634f;
         p.causal = desc_.causal;
-        p.warps = warps_;
+        p.kernel = kernel_;
         e = cuda::launch_prefill(p, desc_.head_dim, desc_.q_dtype, a.paged, stream);
         if (e != cudaSuccess)
             cuda_fail(e, S(function) + ": CUDA prefill launch on cuda:" + std::to_string(device_) + " failed");
@@ -176,8 +177,8 @@ private:
     // Query tiles of every sequence, most KV work first (longest-processing-time order).
     void plan_tiles(const PrefillArgs& a, const std::vector<int32_t>& kv_len) {
         const int64_t mean_q = (int64_t(a.qo_indptr[a.batch]) + a.batch - 1) / std::max(a.batch, 1);
-        warps_ = cuda::prefill_warps(desc_.head_dim, desc_.causal != 0, a.paged, mean_q);
-        const int BM = warps_ * cuda::kPrefillRowsPerWarp;
+        kernel_ = cuda::prefill_kernel_for(desc_.head_dim, desc_.causal != 0, a.paged, mean_q, wgmma_);
+        const int BM = cuda::prefill_tile_rows(kernel_);
         tiles_.clear();
         cost_.clear();
         for (int32_t b = 0; b < a.batch; ++b) {
@@ -239,7 +240,8 @@ private:
     std::vector<cuda::PrefillTile> tiles_, sorted_;
     std::vector<int64_t> cost_;
     std::vector<int32_t> order_;
-    int warps_ = 8;  // CTA shape of the current run (prefill_warps)
+    cuda::PrefillKernel kernel_ = cuda::PrefillKernel::kMma8;  // kernel of the current run
+    bool wgmma_ = false;  // prefill_wgmma_available(device_), asked once
 };
 
 void CudaPrefillPlanDeleter::operator()(CudaPrefillPlan* p) const noexcept {

@@ -14,6 +14,9 @@
 #include <cstring>
 
 #include "cuda/decode_common.cuh"
+#ifdef ATTN4J_HAVE_SM90A
+#include "cuda/sm90a/prefill_wgmma.cuh"
+#endif
 
 namespace attn4j::cuda {
 
@@ -373,7 +376,7 @@ cudaError_t launch(const PrefillParams& p, cudaStream_t stream) {
 
 template <int D, typename T, bool PAGED>
 cudaError_t launch_shape(const PrefillParams& p, cudaStream_t stream) {
-    return p.warps == 8 ? launch<D, T, PAGED, 8>(p, stream) : launch<D, T, PAGED, 4>(p, stream);
+    return p.kernel == PrefillKernel::kMma8 ? launch<D, T, PAGED, 8>(p, stream) : launch<D, T, PAGED, 4>(p, stream);
 }
 
 template <int D, typename T>
@@ -389,13 +392,28 @@ cudaError_t launch_dtype(const PrefillParams& p, attn4j_dtype dtype, bool paged,
 
 }  // namespace
 
-// The choice follows the H200 A/B of both shapes (benchmarks/results/h200/cuda-prefill-tiles.txt).
-int prefill_warps(int head_dim, bool causal, bool paged, int64_t mean_q_len) {
+bool prefill_wgmma_available(int device) {
+#ifdef ATTN4J_HAVE_SM90A
+    int major = 0, minor = 0;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess)
+        return false;
+    return major == 9 && minor == 0;
+#else
+    (void)device;
+    return false;
+#endif
+}
+
+// The mma.sync choice follows the H200 A/B of both shapes (benchmarks/results/h200/cuda-prefill-tiles.txt).
+PrefillKernel prefill_kernel_for(int head_dim, bool causal, bool paged, int64_t mean_q_len, bool wgmma) {
     static const char* const env = std::getenv("ATTN4J_CUDA_PREFILL_TILE");
-    if (env && !std::strcmp(env, "8x2")) return 8;
-    if (env && !std::strcmp(env, "4x2")) return 4;
-    if (head_dim == 64) return 4;
-    return causal && !paged && mean_q_len < 24576 ? 4 : 8;
+    const bool wgmma_ok = wgmma && head_dim == 128;
+    if (env && !std::strcmp(env, "8x2")) return PrefillKernel::kMma8;
+    if (env && !std::strcmp(env, "4x2")) return PrefillKernel::kMma4;
+    if (wgmma_ok) return PrefillKernel::kWgmma;
+    if (head_dim == 64) return PrefillKernel::kMma4;
+    return causal && !paged && mean_q_len < 24576 ? PrefillKernel::kMma4 : PrefillKernel::kMma8;
 }
 
 bool prefill_supported(const attn4j_attention_desc& d) {
@@ -408,6 +426,12 @@ bool prefill_supported(const attn4j_attention_desc& d) {
 
 cudaError_t launch_prefill(const PrefillParams& p, int head_dim, attn4j_dtype dtype, bool paged,
                            cudaStream_t stream) {
+    if (p.kernel == PrefillKernel::kWgmma) {
+#ifdef ATTN4J_HAVE_SM90A
+        if (head_dim == 128) return launch_prefill_wgmma(p, dtype, paged, stream);
+#endif
+        return cudaErrorNoKernelImageForDevice;  // prefill_kernel_for never picks it here
+    }
     return head_dim == 64 ? launch_dtype<64>(p, dtype, paged, stream) : launch_dtype<128>(p, dtype, paged, stream);
 }
 
