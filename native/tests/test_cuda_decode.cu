@@ -241,6 +241,8 @@ int main(int argc, char** argv) {
         {"gqa4 long 32k auto split", 128, BF, BF, F32, 32, 8, 16, {32768}, 0, true, 0},
         {"gqa4 mixed batch 33", 128, BF, BF, BF, 32, 8, 16, mixed, 0, true, 0},
         {"gqa4 d64 f16 mixed", 64, HF, HF, F32, 16, 4, 16, {1, 4096, 64, 65}, 0, true, 0},
+        {"mha bf16 ps5 out f32", 128, BF, BF, F32, 4, 4, 5, {1, 63, 64, 65, 999}, 0, true, 0},
+        {"gqa2 d64 bf16 ps3 3 chunks", 64, BF, BF, BF, 8, 4, 3, {700, 2, 130}, 3, true, 0},
         {"graph capture split", 128, BF, BF, BF, 32, 8, 16, {1, 17, 300, 4097}, 5, true, 0, true},
         {"graph capture direct", 64, HF, F32, HF, 8, 2, 16, {77, 1234}, 1, true, 0, true},
     };

@@ -18,12 +18,15 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 #include <type_traits>
 
 #include "core/error.h"
 #include "cuda/attn_io.cuh"
 #include "cuda/dependent_launch.cuh"
+#include "cuda/mma.cuh"
 
 namespace attn4j::cuda {
 namespace {
@@ -119,6 +122,42 @@ constexpr int smem_bytes() {
     constexpr int pipe = kStages * 2 * kTok * kThreads * 16;
     constexpr int red = NG * GT * D * 4 + 2 * NG * GT * 4;
     return pipe > red ? pipe : red;
+}
+
+// The CTA's NG partial states (o, m, l of GT query heads h0 + h of kv head kvh, in shared memory
+// red_o [NG][GT][D], red_m / red_l [NG][GT], log2 domain) merged and written: the output row and
+// LSE when the sequence is one chunk, else chunk c's normalised partial and LSE to the workspace.
+template <int D, int NG, int GT>
+__device__ __forceinline__ void store_combined(const Params& p, int b, int c, int kvh, int h0, const float* red_o,
+                                               const float* red_m, const float* red_l, bool bad) {
+    for (int idx = threadIdx.x; idx < GT * D; idx += blockDim.x) {
+        const int h = idx / D;
+        const int d = idx - h * D;
+        const int gh = h0 + h;
+        if (gh >= p.group) break;  // idx grows with h
+        float M = -INFINITY;
+#pragma unroll
+        for (int gg = 0; gg < NG; ++gg) M = fmaxf(M, red_m[gg * GT + h]);
+        const float Ms = M == -INFINITY ? 0.f : M;
+        float L = 0.f, acc = 0.f;
+#pragma unroll
+        for (int gg = 0; gg < NG; ++gg) {
+            const float w = ex2(red_m[gg * GT + h] - Ms);
+            L = fmaf(w, red_l[gg * GT + h], L);
+            acc = fmaf(w, red_o[(gg * GT + h) * D + d], acc);
+        }
+        const float val = bad ? NAN : acc / L;  // L >= 1: a chunk holds at least one token
+        const float lse2 = bad ? NAN : M + __log2f(L);
+        const int qo = kvh * p.group + gh;
+        if (p.num_chunks == 1) {
+            store_elem(p.out, p.out_dtype, int64_t(b) * p.o_row + int64_t(qo) * p.o_head + d, val);
+            if (d == 0 && p.lse) p.lse[int64_t(b) * p.lse_row + int64_t(qo) * p.lse_head] = lse2 * kLn2;
+        } else {
+            const int64_t row = (int64_t(b) * p.num_chunks + c) * p.num_qo_heads + qo;
+            p.ws_o[row * D + d] = val;
+            if (d == 0) p.ws_lse[row] = lse2;
+        }
+    }
 }
 
 template <int D, typename KV, int GT>
@@ -307,35 +346,264 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p) {
     }
     __syncthreads();
 
-    for (int idx = tid; idx < GT * D; idx += kThreads) {
-        const int h = idx / D;
-        const int d = idx - h * D;
-        const int gh = h0 + h;
-        if (gh >= p.group) break;  // idx grows with h
-        float M = -INFINITY;
+    store_combined<D, NG, GT>(p, b, c, kvh, h0, red_o, red_m, red_l, bad);
+    if (bad && tid == 0) report_bad_page(p, b, pages, pg1 - pg0);
+}
+
+// ---- tensor-core kernel: q in the KV's 16-bit type (exact in the MMA operands) -----------------
+// The fp32 kernel above issues about 65 instructions per token and kv head (8 FMAs per lane per
+// head, xor-shuffle reductions, conversions): at 1 x 128k on an H200 it issued 0.76 warps per cycle
+// per scheduler against 76% of DRAM bandwidth (ncu), so instructions, not bytes, bounded it. Here
+// each warp takes 16 tokens of a 64-token stage and computes S^T = K Q^T (M = the 16 tokens, N = 8
+// query heads, one mma.m16n8k16 per 16 head-dim values) and O^T += V^T P^T, as the quantized
+// kernel does. Every thread reads its own contiguous bytes of a token row from shared memory (16
+// bytes at a time; rows padded by 16 bytes so the 8 rows of a read fall in different banks) and
+// the head-dim order inside an mma follows those bytes; the query fragment and the output rows use
+// the same order. P goes into the values' mma as hi + lo halves (two mmas), so the weights keep
+// about 16 bits: what an F32 output asks for. Softmax, LSE and the chunk merge are fp32 as above.
+constexpr int kMWarps = 4;
+constexpr int kMTok = 16 * kMWarps;  // tokens per stage
+constexpr int kMStages = 3;
+constexpr int kMHeads = 8;            // query heads per CTA: the mma's N
+constexpr int kMPidCache = 512;       // page ids of a chunk kept in shared memory
+
+template <int D>
+struct MmaCfg {
+    static constexpr int ROW = D * 2 + 16;  // shared-memory bytes per token row (padded)
+    static constexpr int STAGE = 2 * kMTok * ROW;
+    static constexpr int PIPE = kMStages * STAGE;
+    static constexpr int RED = (kMWarps * kMHeads * D + 2 * kMWarps * kMHeads) * 4;
+    static constexpr int MAIN = PIPE > RED ? PIPE : RED;
+    static constexpr int SMEM = MAIN + kMPidCache * 4;
+};
+
+// NW 32-bit words from 16-byte aligned shared memory.
+template <int NW>
+__device__ __forceinline__ void lds_words(const unsigned char* p, uint32_t (&w)[NW]) {
 #pragma unroll
-        for (int gg = 0; gg < NG; ++gg) M = fmaxf(M, red_m[gg * GT + h]);
-        const float Ms = M == -INFINITY ? 0.f : M;
-        float L = 0.f, acc = 0.f;
+    for (int i = 0; i < NW / 4; ++i) {
+        const uint4 t = reinterpret_cast<const uint4*>(p)[i];
+        w[4 * i] = t.x;
+        w[4 * i + 1] = t.y;
+        w[4 * i + 2] = t.z;
+        w[4 * i + 3] = t.w;
+    }
+}
+
+template <int D, typename KV>
+__global__ void __launch_bounds__(kThreads, 2) decode_mma_kernel(const Params p) {
+    using C = MmaCfg<D>;
+    using Op = Mma<KV>;
+    constexpr int ROW = C::ROW;
+    constexpr int KW = D / 8;   // K words per thread per token row: values tig * D / 4 + [0, D / 4)
+    constexpr int VW = D / 16;  // V words per thread per token row: values gid * D / 8 + [0, D / 8)
+    constexpr int CPR = D / 8;  // 16-byte copies per token row
+    constexpr int RPP = kThreads / CPR;  // token rows per copy pass
+    extern __shared__ __align__(16) unsigned char smem[];
+
+    const int c = blockIdx.x;
+    const int kvh = blockIdx.y / p.num_head_tiles;
+    const int tile = blockIdx.y - kvh * p.num_head_tiles;
+    const int b = blockIdx.z;
+    const int h0 = tile * kMHeads;
+    const int page_beg = p.indptr[b];
+    const int page_end = p.indptr[b + 1];
+    const int last_len = p.last_page_len[b];
+    const bool empty = sequence_empty(p, page_beg, page_end, last_len);
+    if (empty || !sequence_table_ok(p, b, page_beg, page_end, last_len)) {
+        if (c == 0) write_fixed_rows(p, b, kvh * p.group + h0, min(kMHeads, p.group - h0), D, !empty);
+        return;
+    }
+    const int np = page_end - page_beg;
+    int per, used;
+    chunk_geometry(np, p.num_chunks, p.min_chunk_pages, per, used);
+    if (c >= used) return;
+    const int pg0 = c * per;
+    const int pg1 = min(np, pg0 + per);
+    const int npages = pg1 - pg0;
+    const int ps = p.page_size;
+    const int chunk_len = pg1 == np ? (npages - 1) * ps + last_len : npages * ps;
+    const int* pages = p.indices + page_beg + pg0;
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gid = lane >> 2, tig = lane & 3;
+    // Page ids: checked (a bad one: no page is read, NaN rows) and cached in shared memory so that
+    // a stage's copies wait on no global load.
+    int* pid_s = reinterpret_cast<int*>(smem + C::MAIN);
+    const bool pid_cached = npages <= kMPidCache;
+    bool bad_page = false;
+    for (int i = tid; i < npages; i += kThreads) {
+        const int id = __ldg(pages + i);
+        bad_page |= unsigned(id) >= unsigned(p.num_pages);
+        if (pid_cached) pid_s[i] = id;
+    }
+    const bool bad = __syncthreads_or(bad_page);
+
+    // Query B fragments: head h0 + gid, values tig * D / 4 + 4 s + {0, 1} and {2, 3} (16-bit, as given).
+    uint32_t qb[D / 16][2];
+    {
+        const int gh = h0 + gid;
+        const bool ok = gh < p.group;
+        const uint16_t* qr = static_cast<const uint16_t*>(p.q) + int64_t(b) * p.q_row +
+                             int64_t(kvh * p.group + (ok ? gh : 0)) * p.q_head + tig * (D / 4);
 #pragma unroll
-        for (int gg = 0; gg < NG; ++gg) {
-            const float w = ex2(red_m[gg * GT + h] - Ms);
-            L = fmaf(w, red_l[gg * GT + h], L);
-            acc = fmaf(w, red_o[(gg * GT + h) * D + d], acc);
-        }
-        const float val = bad ? NAN : acc / L;  // L >= 1: a chunk holds at least one token
-        const float lse2 = bad ? NAN : M + __log2f(L);
-        const int qo = kvh * p.group + gh;
-        if (p.num_chunks == 1) {
-            store_elem(p.out, p.out_dtype, int64_t(b) * p.o_row + int64_t(qo) * p.o_head + d, val);
-            if (d == 0 && p.lse) p.lse[int64_t(b) * p.lse_row + int64_t(qo) * p.lse_head] = lse2 * kLn2;
-        } else {
-            const int64_t row = (int64_t(b) * p.num_chunks + c) * p.num_qo_heads + qo;
-            p.ws_o[row * D + d] = val;
-            if (d == 0) p.ws_lse[row] = lse2;
+        for (int s = 0; s < D / 16; ++s) {
+            qb[s][0] = ok ? uint32_t(qr[4 * s]) | (uint32_t(qr[4 * s + 1]) << 16) : 0u;
+            qb[s][1] = ok ? uint32_t(qr[4 * s + 2]) | (uint32_t(qr[4 * s + 3]) << 16) : 0u;
         }
     }
-    if (bad && tid == 0) report_bad_page(p, b, pages, pg1 - pg0);
+
+    const int cc = tid % CPR, row0 = tid / CPR;  // this thread's copies: chunk cc of rows row0 + i * RPP
+    const int64_t page_stride = int64_t(p.num_kv_heads) * ps * D;  // elements
+    const KV* kbase = static_cast<const KV*>(p.k) + int64_t(kvh) * ps * D + cc * 8;
+    const KV* vbase = static_cast<const KV*>(p.v) + int64_t(kvh) * ps * D + cc * 8;
+    auto issue = [&](int it, int s) {
+        unsigned char* kd = smem + s * C::STAGE;
+        unsigned char* vd = kd + kMTok * ROW;
+#pragma unroll
+        for (int i = 0; i < kMTok / RPP; ++i) {
+            const int r = row0 + i * RPP;
+            const int j = it * kMTok + r;
+            const bool valid = j < chunk_len;
+            int64_t off = 0;
+            if (valid) {
+                const int pi = p.page_shift >= 0 ? j >> p.page_shift : j / ps;
+                const int pid = pid_cached ? pid_s[pi] : __ldg(pages + pi);
+                off = int64_t(pid) * page_stride + int64_t(j - pi * ps) * D;
+            }
+            cp_async16(kd + r * ROW + cc * 16, kbase + off, valid);
+            cp_async16(vd + r * ROW + cc * 16, vbase + off, valid);
+        }
+    };
+    const int ntiles = bad ? 0 : (chunk_len + kMTok - 1) / kMTok;
+#pragma unroll 1
+    for (int s = 0; s < kMStages - 1; ++s) {
+        if (s < ntiles) issue(s, s);
+        cp_async_commit();
+    }
+
+    // State of heads 2 tig + j: running max m (log2 domain), this lane's share of the sum l;
+    // o[mt] = (d0, head 2 tig), (d0, 2 tig + 1), (d0 + 1, 2 tig), (d0 + 1, 2 tig + 1), d0 = gid * D / 8 + 2 mt.
+    float o[D / 16][4];
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+#pragma unroll
+    for (int mt = 0; mt < D / 16; ++mt) o[mt][0] = o[mt][1] = o[mt][2] = o[mt][3] = 0.f;
+
+    for (int it = 0; it < ntiles; ++it) {
+        cp_async_wait<kMStages - 2>();
+        __syncthreads();  // stage it landed for every thread; stage it - 1 is free for the prefetch
+        {
+            const int nx = it + kMStages - 1;
+            if (nx < ntiles) issue(nx, nx % kMStages);
+            cp_async_commit();
+        }
+        const int tok0 = it * kMTok + warp * 16;
+        if (tok0 >= chunk_len) continue;  // warp-uniform
+        const unsigned char* kr = smem + (it % kMStages) * C::STAGE + warp * 16 * ROW;
+        const unsigned char* vr = kr + kMTok * ROW;
+
+        // S^T = K Q^T: rows gid, gid + 8 of the slice
+        float sacc[4] = {0.f, 0.f, 0.f, 0.f};
+        {
+            uint32_t k0[KW], k1[KW];
+            lds_words<KW>(kr + gid * ROW + tig * (D / 2), k0);
+            lds_words<KW>(kr + (gid + 8) * ROW + tig * (D / 2), k1);
+#pragma unroll
+            for (int s = 0; s < D / 16; ++s) {
+                const unsigned a[4] = {k0[2 * s], k1[2 * s], k0[2 * s + 1], k1[2 * s + 1]};
+                Op::run(sacc, a, qb[s][0], qb[s][1]);
+            }
+        }
+        float sc[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+            sc[e] = tok0 + gid + 8 * (e >> 1) < chunk_len ? sacc[e] * p.scale_log2 : -INFINITY;
+        // online softmax per head 2 tig + j over the 16 tokens (the 8 lanes of this tig)
+        float mnew[2];
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            float mx = fmaxf(sc[j], sc[2 + j]);
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
+            mnew[j] = fmaxf(m[j], mx);
+        }
+        if (__any_sync(0xffffffffu, mnew[0] > m[0] || mnew[1] > m[1])) {
+            float alpha[2];
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                alpha[j] = mnew[j] == -INFINITY ? 1.f : ex2(m[j] - mnew[j]);
+                l[j] *= alpha[j];
+                m[j] = mnew[j];
+            }
+#pragma unroll
+            for (int mt = 0; mt < D / 16; ++mt) {
+                o[mt][0] *= alpha[0];
+                o[mt][1] *= alpha[1];
+                o[mt][2] *= alpha[0];
+                o[mt][3] *= alpha[1];
+            }
+        }
+        float pv[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const float ms = m[e & 1] == -INFINITY ? 0.f : m[e & 1];
+            pv[e] = ex2(sc[e] - ms);
+            l[e & 1] += pv[e];
+        }
+        // P^T as B fragments (tokens 2 tig.. of head gid), high and low parts
+        uint32_t pb[2][2];
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+            const uint32_t hi = Op::pack(pv[2 * rr], pv[2 * rr + 1]);
+            const float2 h = Op::unpack(hi);
+            pb[0][rr] = movmatrix_t(hi);
+            pb[1][rr] = movmatrix_t(Op::pack(pv[2 * rr] - h.x, pv[2 * rr + 1] - h.y));
+        }
+        // O^T += V^T P^T: A fragments from tokens (2 tig, 2 tig + 1) and (2 tig + 8, 2 tig + 9)
+        uint32_t va[VW], vb[VW], vc[VW], vd[VW];
+        lds_words<VW>(vr + (2 * tig) * ROW + gid * (D / 4), va);
+        lds_words<VW>(vr + (2 * tig + 1) * ROW + gid * (D / 4), vb);
+        lds_words<VW>(vr + (2 * tig + 8) * ROW + gid * (D / 4), vc);
+        lds_words<VW>(vr + (2 * tig + 9) * ROW + gid * (D / 4), vd);
+#pragma unroll
+        for (int mt = 0; mt < D / 16; ++mt) {
+            const unsigned a[4] = {prmt(va[mt], vb[mt], 0x5410u), prmt(va[mt], vb[mt], 0x7632u),
+                                   prmt(vc[mt], vd[mt], 0x5410u), prmt(vc[mt], vd[mt], 0x7632u)};
+            Op::run(o[mt], a, pb[0][0], pb[0][1]);
+            Op::run(o[mt], a, pb[1][0], pb[1][1]);
+        }
+    }
+    cp_async_wait<0>();
+    __syncthreads();  // the pipeline buffers become the reduction buffers
+    allow_dependent_launch();  // the merge kernel may become resident now (it waits for this grid)
+
+    float* red_o = reinterpret_cast<float*>(smem);  // [kMWarps][kMHeads][D]
+    float* red_m = red_o + kMWarps * kMHeads * D;    // [kMWarps][kMHeads]
+    float* red_l = red_m + kMWarps * kMHeads;
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+#pragma unroll
+        for (int off = 4; off < 32; off <<= 1) l[j] += __shfl_xor_sync(0xffffffffu, l[j], off);
+    }
+    float* slot = red_o + warp * kMHeads * D;
+#pragma unroll
+    for (int mt = 0; mt < D / 16; ++mt) {
+        const int d0 = gid * (D / 8) + 2 * mt;
+        slot[(2 * tig) * D + d0] = o[mt][0];
+        slot[(2 * tig + 1) * D + d0] = o[mt][1];
+        slot[(2 * tig) * D + d0 + 1] = o[mt][2];
+        slot[(2 * tig + 1) * D + d0 + 1] = o[mt][3];
+    }
+    if (gid == 0) {
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            red_m[warp * kMHeads + 2 * tig + j] = m[j];
+            red_l[warp * kMHeads + 2 * tig + j] = l[j];
+        }
+    }
+    __syncthreads();
+    store_combined<D, kMWarps, kMHeads>(p, b, c, kvh, h0, red_o, red_m, red_l, bad);
+    if (bad && tid == 0) report_bad_page(p, b, pages, npages);
 }
 
 // One warp per (sequence, query head): LSE-weighted sum of the sequence's chunk partials.
@@ -391,6 +659,22 @@ KernelFn pick_kv(attn4j_dtype kv) {
     return kv == ATTN4J_DTYPE_BF16 ? decode_kernel<D, __nv_bfloat16, GT> : decode_kernel<D, __half, GT>;
 }
 
+// Tensor-core kernel when q has the KV's 16-bit type (ATTN4J_CUDA_DECODE=simt forces the fp32 one).
+bool use_mma_kernel(const attn4j_attention_desc& d) {
+    static const char* const env = std::getenv("ATTN4J_CUDA_DECODE");
+    if (env && !std::strcmp(env, "simt")) return false;
+    return d.q_dtype == d.kv_dtype;
+}
+
+KernelFn pick_mma_kernel(int head_dim, attn4j_dtype kv, int& smem) {
+    if (head_dim == 128) {
+        smem = MmaCfg<128>::SMEM;
+        return kv == ATTN4J_DTYPE_BF16 ? decode_mma_kernel<128, __nv_bfloat16> : decode_mma_kernel<128, __half>;
+    }
+    smem = MmaCfg<64>::SMEM;
+    return kv == ATTN4J_DTYPE_BF16 ? decode_mma_kernel<64, __nv_bfloat16> : decode_mma_kernel<64, __half>;
+}
+
 KernelFn pick_kernel(int head_dim, attn4j_dtype kv, int gt, int& smem) {
     if (head_dim == 128) {
         smem = gt == 4 ? smem_bytes<128, 4>() : smem_bytes<128, 8>();
@@ -411,9 +695,11 @@ public:
     CudaDecode(const attn4j_attention_desc& desc, int device, const DecodeTuning& tuning)
         : desc_(desc), device_(device), tuning_(tuning) {
         const int group = desc.num_qo_heads / desc.num_kv_heads;
-        gt_ = group <= 4 ? 4 : 8;
+        mma_ = use_mma_kernel(desc);
+        gt_ = mma_ ? kMHeads : group <= 4 ? 4 : 8;
         head_tiles_ = (group + gt_ - 1) / gt_;
-        kernel_ = pick_kernel(desc.head_dim, desc.kv_dtype, gt_, smem_);
+        kernel_ = mma_ ? pick_mma_kernel(desc.head_dim, desc.kv_dtype, smem_)
+                       : pick_kernel(desc.head_dim, desc.kv_dtype, gt_, smem_);
         if (desc.max_batch_size > 65535) fail(ATTN4J_ERR_UNSUPPORTED, "CUDA decode: max_batch_size > 65535");
 
         int prev = 0;
@@ -430,6 +716,9 @@ public:
         sms_ = prop.multiProcessorCount;
         sm_major_ = prop.major;
         dependent_merge_ = tuning.dependent_merge && dependent_launch_enabled(sm_major_);
+        if (smem_ > 48 * 1024 &&
+            (e = cudaFuncSetAttribute(kernel_, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_)) != cudaSuccess)
+            cuda_fail(e, "shared memory attribute");
         occ_ = tuning.ctas_per_sm;
         if (occ_ <= 0) {
             e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ_, kernel_, kThreads, size_t(smem_));
@@ -447,7 +736,7 @@ public:
             if ((e = cudaMalloc(&ws_, ws_bytes_)) != cudaSuccess) cuda_fail(e, "workspace cudaMalloc");
             ws_lse_offset_ = size_t(rows) * desc.head_dim;
         }
-        snprintf(name_, sizeof name_, "cuda-sm%d", sm_major_ * 10 + prop.minor);
+        snprintf(name_, sizeof name_, "cuda-sm%d%s", sm_major_ * 10 + prop.minor, mma_ ? "-mma" : "");
     }
     ~CudaDecode() override {
         if (ws_) {
@@ -517,6 +806,7 @@ private:
     int device_;
     DecodeTuning tuning_;
     int gt_ = 4, head_tiles_ = 1, smem_ = 0, sms_ = 1, occ_ = 1, sm_major_ = 0;
+    bool mma_ = false;              // tensor-core kernel (decode_mma_kernel)
     bool dependent_merge_ = false;  // merge kernel as a dependent launch (cuda/dependent_launch.cuh)
     KernelFn kernel_ = nullptr;
     void* ws_ = nullptr;

@@ -43,6 +43,7 @@
 
 #include "core/error.h"
 #include "cuda/decode_common.cuh"
+#include "cuda/mma.cuh"
 #include "cuda/dependent_launch.cuh"
 
 namespace attn4j::cuda {
@@ -104,11 +105,6 @@ __device__ __forceinline__ uint32_t hsub2(uint32_t a, uint32_t b) {
 __device__ __forceinline__ uint32_t hfma2(uint32_t a, uint32_t b, uint32_t c) {
     uint32_t r;
     asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
-    return r;
-}
-__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
-    uint32_t r;
-    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
     return r;
 }
 
@@ -335,13 +331,6 @@ struct WarpState {
         }
     }
 };
-
-// Transpose of an 8 x 8 b16 matrix held as mma fragments (row = lane / 4, columns 2 (lane % 4) + {0, 1}).
-__device__ __forceinline__ uint32_t movmatrix_t(uint32_t x) {
-    uint32_t r;
-    asm("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;" : "=r"(r) : "r"(x));
-    return r;
-}
 
 // The math of one 16-token slice of one warp (tokens tok0 + r, r < 16; kcode / kmeta / vcode /
 // vmeta(r): shared-memory rows of token r). Scores S^T[tokens gid, gid + 8][heads 2 tig + j] by

@@ -14,6 +14,8 @@
 #include <cstring>
 
 #include "cuda/decode_common.cuh"
+#include "cuda/mma.cuh"
+#include "cuda/out_store.cuh"
 #ifdef ATTN4J_HAVE_SM90A
 #include "cuda/sm90a/prefill_wgmma.cuh"
 #endif
@@ -29,53 +31,6 @@ using detail::ex2;
 using detail::kLn2;
 
 constexpr int BN = kPrefillTileKeys;
-
-template <typename T>
-struct Mma;
-template <>
-struct Mma<__nv_bfloat16> {
-    __device__ __forceinline__ static void run(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-            "{%0,%1,%2,%3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    }
-    // c = a * b (no accumulator to zero first).
-    __device__ __forceinline__ static void first(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-            "{%10,%10,%10,%10};\n"
-            : "=f"(c[0]), "=f"(c[1]), "=f"(c[2]), "=f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(0.f));
-    }
-    __device__ __forceinline__ static unsigned pack(float lo, float hi) {
-        const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-        return *reinterpret_cast<const unsigned*>(&h);
-    }
-};
-template <>
-struct Mma<__half> {
-    __device__ __forceinline__ static void run(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-            "{%0,%1,%2,%3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    }
-    // c = a * b (no accumulator to zero first).
-    __device__ __forceinline__ static void first(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-            "{%10,%10,%10,%10};\n"
-            : "=f"(c[0]), "=f"(c[1]), "=f"(c[2]), "=f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(0.f));
-    }
-    __device__ __forceinline__ static unsigned pack(float lo, float hi) {
-        const __half2 h = __floats2half2_rn(lo, hi);
-        return *reinterpret_cast<const unsigned*>(&h);
-    }
-};
 
 __device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const void* smem) {
     const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
@@ -94,16 +49,6 @@ __device__ __forceinline__ void ldmatrix_x4_trans(unsigned (&r)[4], const void* 
 template <int D>
 __device__ __forceinline__ int swz(int row, int chunk) {
     return row * D + ((chunk ^ (row & 7)) << 3);
-}
-
-__device__ __forceinline__ void store_pair(void* out, int dt, int64_t i, float a, float b) {
-    if (dt == ATTN4J_DTYPE_F32) {
-        *reinterpret_cast<float2*>(static_cast<float*>(out) + i) = make_float2(a, b);
-    } else if (dt == ATTN4J_DTYPE_F16) {
-        *reinterpret_cast<__half2*>(static_cast<__half*>(out) + i) = __floats2half2_rn(a, b);
-    } else {
-        *reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(out) + i) = __floats2bfloat162_rn(a, b);
-    }
 }
 
 // K/V pipeline depth: 3 where one CTA holds the SM (its loads must hide behind its own math), 2

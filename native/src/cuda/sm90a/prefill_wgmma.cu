@@ -17,6 +17,8 @@
 #include <cuda_fp16.h>
 
 #include "cuda/decode_common.cuh"
+#include "cuda/mma.cuh"
+#include "cuda/out_store.cuh"
 #include "cuda/sm90a/wgmma.cuh"
 
 namespace attn4j::cuda {
@@ -38,27 +40,6 @@ constexpr int CPR = D / 8;                       // 16-byte chunks per row
 constexpr int ROWS_PER_PASS = THREADS / CPR;     // rows one pass of cp.async covers
 constexpr size_t kTileElems = size_t(BN) * D;    // one K or V tile
 constexpr size_t kSmemBytes = (size_t(BM) * D + 2 * STAGES * kTileElems) * 2 + 1024;  // + alignment slack
-
-template <typename T>
-__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-    if constexpr (std::is_same_v<T, __half>) {
-        const __half2 h = __floats2half2_rn(lo, hi);
-        return *reinterpret_cast<const uint32_t*>(&h);
-    } else {
-        const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-        return *reinterpret_cast<const uint32_t*>(&h);
-    }
-}
-
-__device__ __forceinline__ void store_pair(void* out, int dt, int64_t i, float a, float b) {
-    if (dt == ATTN4J_DTYPE_F32) {
-        *reinterpret_cast<float2*>(static_cast<float*>(out) + i) = make_float2(a, b);
-    } else if (dt == ATTN4J_DTYPE_F16) {
-        *reinterpret_cast<__half2*>(static_cast<__half*>(out) + i) = __floats2half2_rn(a, b);
-    } else {
-        *reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(out) + i) = __floats2bfloat162_rn(a, b);
-    }
-}
 
 template <typename T, bool PAGED>
 __global__ void __launch_bounds__(THREADS, 1) prefill_wgmma_kernel(const PrefillParams p) {
@@ -217,10 +198,10 @@ __global__ void __launch_bounds__(THREADS, 1) prefill_wgmma_kernel(const Prefill
         uint32_t pa[BN / 16][4];
 #pragma unroll
         for (int kj = 0; kj < BN / 16; ++kj) {
-            pa[kj][0] = pack2<T>(s[8 * kj], s[8 * kj + 1]);
-            pa[kj][1] = pack2<T>(s[8 * kj + 2], s[8 * kj + 3]);
-            pa[kj][2] = pack2<T>(s[8 * kj + 4], s[8 * kj + 5]);
-            pa[kj][3] = pack2<T>(s[8 * kj + 6], s[8 * kj + 7]);
+            pa[kj][0] = Mma<T>::pack(s[8 * kj], s[8 * kj + 1]);
+            pa[kj][1] = Mma<T>::pack(s[8 * kj + 2], s[8 * kj + 3]);
+            pa[kj][2] = Mma<T>::pack(s[8 * kj + 4], s[8 * kj + 5]);
+            pa[kj][3] = Mma<T>::pack(s[8 * kj + 6], s[8 * kj + 7]);
         }
         sm90::fence_regs(o);
         sm90::fence();
