@@ -124,6 +124,35 @@ constexpr int smem_bytes() {
     return pipe > red ? pipe : red;
 }
 
+// Chunk c of sequence b: its pages, page count and tokens. False when the CTA has nothing to do:
+// an empty sequence or a bad table (chunk 0 writes the fixed rows of query heads h0 .. h0 + gt of
+// kv head kvh, zeros or NaN) or a chunk past the sequence's last.
+struct DecodeChunk {
+    const int* pages;
+    int npages, len;
+};
+template <int D>
+__device__ __forceinline__ bool decode_chunk(const Params& p, int b, int c, int kvh, int h0, int gt, DecodeChunk& ch) {
+    const int page_beg = p.indptr[b];
+    const int page_end = p.indptr[b + 1];
+    const int last_len = p.last_page_len[b];
+    const bool empty = sequence_empty(p, page_beg, page_end, last_len);
+    if (empty || !sequence_table_ok(p, b, page_beg, page_end, last_len)) {
+        if (c == 0) write_fixed_rows(p, b, kvh * p.group + h0, min(gt, p.group - h0), D, !empty);
+        return false;
+    }
+    const int np = page_end - page_beg;
+    int per, used;
+    chunk_geometry(np, p.num_chunks, p.min_chunk_pages, per, used);
+    if (c >= used) return false;
+    const int pg0 = c * per;
+    const int pg1 = min(np, pg0 + per);
+    ch.npages = pg1 - pg0;
+    ch.len = pg1 == np ? (ch.npages - 1) * p.page_size + last_len : ch.npages * p.page_size;
+    ch.pages = p.indices + page_beg + pg0;
+    return true;
+}
+
 // The CTA's NG partial states (o, m, l of GT query heads h0 + h of kv head kvh, in shared memory
 // red_o [NG][GT][D], red_m / red_l [NG][GT], log2 domain) merged and written: the output row and
 // LSE when the sequence is one chunk, else chunk c's normalised partial and LSE to the workspace.
@@ -174,29 +203,17 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p) {
     const int tile = blockIdx.y - kvh * p.num_head_tiles;
     const int b = blockIdx.z;
 
-    const int page_beg = p.indptr[b];
-    const int page_end = p.indptr[b + 1];
-    const int last_len = p.last_page_len[b];
-    const bool empty = sequence_empty(p, page_beg, page_end, last_len);
-    if (empty || !sequence_table_ok(p, b, page_beg, page_end, last_len)) {
-        if (c == 0) write_fixed_rows(p, b, kvh * p.group + tile * GT, min(GT, p.group - tile * GT), D, !empty);
-        return;
-    }
-    const int np = page_end - page_beg;
-    int per, used;
-    chunk_geometry(np, p.num_chunks, p.min_chunk_pages, per, used);
-    if (c >= used) return;
-    const int pg0 = c * per;
-    const int pg1 = min(np, pg0 + per);
+    DecodeChunk ch;
+    if (!decode_chunk<D>(p, b, c, kvh, tile * GT, GT, ch)) return;
     const int ps = p.page_size;
-    const int chunk_len = pg1 == np ? (pg1 - pg0 - 1) * ps + last_len : (pg1 - pg0) * ps;
-    const int* pages = p.indices + page_beg + pg0;
+    const int chunk_len = ch.len;
+    const int* pages = ch.pages;
 
     const int tid = threadIdx.x;
     // The chunk's page ids are checked up front by every warp, so the verdict is CTA-uniform with
     // no barrier and the pipeline reads ids unchecked; a bad one: no page is read, NaN rows.
     bool bad_page = false;
-    for (int i = tid & 31; i < pg1 - pg0; i += 32) bad_page |= unsigned(__ldg(pages + i)) >= unsigned(p.num_pages);
+    for (int i = tid & 31; i < ch.npages; i += 32) bad_page |= unsigned(__ldg(pages + i)) >= unsigned(p.num_pages);
     const bool bad = __any_sync(0xffffffffu, bad_page);
     const int g = tid / LPT;
     const int r = tid - g * LPT;
@@ -347,7 +364,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p) {
     __syncthreads();
 
     store_combined<D, NG, GT>(p, b, c, kvh, h0, red_o, red_m, red_l, bad);
-    if (bad && tid == 0) report_bad_page(p, b, pages, pg1 - pg0);
+    if (bad && tid == 0) report_bad_page(p, b, pages, ch.npages);
 }
 
 // ---- tensor-core kernel: q in the KV's 16-bit type (exact in the MMA operands) -----------------
@@ -406,24 +423,12 @@ __global__ void __launch_bounds__(kThreads, 2) decode_mma_kernel(const Params p)
     const int tile = blockIdx.y - kvh * p.num_head_tiles;
     const int b = blockIdx.z;
     const int h0 = tile * kMHeads;
-    const int page_beg = p.indptr[b];
-    const int page_end = p.indptr[b + 1];
-    const int last_len = p.last_page_len[b];
-    const bool empty = sequence_empty(p, page_beg, page_end, last_len);
-    if (empty || !sequence_table_ok(p, b, page_beg, page_end, last_len)) {
-        if (c == 0) write_fixed_rows(p, b, kvh * p.group + h0, min(kMHeads, p.group - h0), D, !empty);
-        return;
-    }
-    const int np = page_end - page_beg;
-    int per, used;
-    chunk_geometry(np, p.num_chunks, p.min_chunk_pages, per, used);
-    if (c >= used) return;
-    const int pg0 = c * per;
-    const int pg1 = min(np, pg0 + per);
-    const int npages = pg1 - pg0;
+    DecodeChunk ch;
+    if (!decode_chunk<D>(p, b, c, kvh, h0, kMHeads, ch)) return;
+    const int npages = ch.npages;
     const int ps = p.page_size;
-    const int chunk_len = pg1 == np ? (npages - 1) * ps + last_len : npages * ps;
-    const int* pages = p.indices + page_beg + pg0;
+    const int chunk_len = ch.len;
+    const int* pages = ch.pages;
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gid = lane >> 2, tig = lane & 3;
     // Page ids: checked (a bad one: no page is read, NaN rows) and cached in shared memory so that

@@ -19,6 +19,7 @@
 #include "cuda/decode_common.cuh"
 #include "cuda/mma.cuh"
 #include "cuda/out_store.cuh"
+#include "cuda/prefill_seq.cuh"
 #include "cuda/sm90a/wgmma.cuh"
 
 namespace attn4j::cuda {
@@ -59,17 +60,8 @@ __global__ void __launch_bounds__(THREADS, 1) prefill_wgmma_kernel(const Prefill
     const int head = blockIdx.x % p.num_qo_heads;
     const int kvh = head / p.group;
     const int b = tile.seq, q0 = tile.q_start;
-    const int q_begin = p.qo_indptr[b];
-    const int nq = p.qo_indptr[b + 1] - q_begin;
-    int nk, kv_begin = 0, page_begin = 0;
-    if constexpr (PAGED) {
-        page_begin = p.page_indptr[b];
-        const int np = p.page_indptr[b + 1] - page_begin;
-        nk = np == 0 ? 0 : (np - 1) * p.page_size + p.last_page_len[b];
-    } else {
-        kv_begin = p.kv_indptr[b];
-        nk = p.kv_indptr[b + 1] - kv_begin;
-    }
+    const PrefillSeq seq = prefill_seq<PAGED>(p, b);
+    const int q_begin = seq.q_begin, nq = seq.nq, nk = seq.nk, kv_begin = seq.kv_begin, page_begin = seq.page_begin;
     const int q_rows = min(BM, nq - q0);
     const int diag = nk - nq;  // query i sees keys <= i + diag (causal, bottom-right aligned)
     const int kv_end = p.causal ? max(0, min(nk, q0 + q_rows + diag)) : nk;
